@@ -1,0 +1,3 @@
+from qlit.cli import main
+
+main()

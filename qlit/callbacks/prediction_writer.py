@@ -1,0 +1,51 @@
+"""Write `qlit predict` results to a CSV file in the run directory."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+
+def unused_path(path: Path) -> Path:
+    """``path``, or ``stem_1.suffix``, ``stem_2.suffix``, … : the first name not taken yet."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+    return candidate
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write ``predictions.csv``: sample id, predicted label, one probability column per class.
+
+    An existing file is never overwritten; the next free name (``predictions_1.csv``, …) is used.
+
+    Args:
+        filename: Name of the CSV file inside the run directory.
+    """
+
+    def __init__(self, filename: str = "predictions.csv") -> None:
+        super().__init__(write_interval="epoch")
+        self.filename = filename
+        self.path: Path | None = None
+
+    def write_on_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, predictions, batch_indices) -> None:
+        if not trainer.is_global_zero:
+            return
+        probs = torch.cat(list(predictions)).cpu()
+        ids = trainer.datamodule.predict_ids
+        names = pl_module.class_names
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = unused_path(out_dir / self.filename)
+        with self.path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["id", "label", *(f"prob_{name}" for name in names)])
+            for sample_id, row in zip(ids, probs.tolist()):
+                label = names[max(range(len(row)), key=row.__getitem__)]
+                writer.writerow([sample_id, label, *(f"{p:.6f}" for p in row)])
+        print(f"qlit: wrote {len(ids)} predictions to {self.path}")

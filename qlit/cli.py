@@ -1,0 +1,119 @@
+"""The ``qlit`` command line: LightningCLI with qlit's models, data and run-folder conventions."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from qlit import callbacks, data  # noqa: F401  (imported so configs can name their classes briefly)
+from qlit.callbacks import PredictionWriter
+from qlit.callbacks.prediction_writer import unused_path
+from qlit.data import KFoldDataModule
+from qlit.errors import QlitError
+from qlit.models import HybridClassifier
+from qlit.runs import resolve_checkpoint, version_of
+
+DEBUG_ENV = "QLIT_DEBUG"
+
+
+def _fail(message: str) -> None:
+    print(f"qlit: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+class QlitArgumentParser(LightningArgumentParser):
+    """Argument parser whose errors are one line (the full usage only with ``--help``)."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if os.environ.get(DEBUG_ENV) or not self.exit_on_error:
+            return super().error(message, ex)
+        lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+        _fail(" ".join(lines[:3]) if lines else "invalid arguments")
+
+
+class QlitSaveConfig(SaveConfigCallback):
+    """Save the run's full config in its run folder without overwriting one saved earlier.
+
+    The first run writes ``config.yaml``; a resumed fit or a later test or predict on the same run
+    writes ``config_<stage>.yaml`` (or ``config_<stage>_1.yaml``, …) beside it.
+    """
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if not self.already_saved and trainer.log_dir is not None:
+            log_dir = Path(trainer.log_dir)
+            name = "config.yaml" if stage == "fit" and not (log_dir / "config.yaml").exists() else f"config_{getattr(stage, 'value', stage)}.yaml"
+            self.config_filename = unused_path(log_dir / name).name
+        super().setup(trainer, pl_module, stage)
+
+
+class QlitCLI(LightningCLI):
+    """LightningCLI for hybrid classifiers: ``qlit fit|validate|test|predict --config <yaml>``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("trainer_defaults", {"callbacks": [PredictionWriter()]})
+        super().__init__(
+            HybridClassifier,
+            KFoldDataModule,
+            *args,
+            subclass_mode_data=True,
+            save_config_callback=QlitSaveConfig,
+            parser_class=QlitArgumentParser,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for source, target in (("num_features", "in_features"), ("num_classes", "num_classes"), ("class_names", "class_names")):
+            parser.link_arguments(f"data.{source}", f"model.{target}", apply_on="instantiate")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand is not None:
+            self._resolve_checkpoint(subcommand, self.config[subcommand])
+
+    def _resolve_checkpoint(self, subcommand: str, config: Any) -> None:
+        """Turn ``--ckpt_path last|best`` into a file and log into the run folder it came from.
+
+        Runs before LightningCLI reads the model's hyperparameters from the checkpoint, so
+        ``validate``, ``test`` and ``predict`` rebuild the architecture the checkpoint was trained with.
+        """
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path:
+            return
+        logger = _tensorboard_logger_args(config)
+        experiment_dir = Path(logger.save_dir) / logger.name if logger is not None else None
+        checkpoint = resolve_checkpoint(str(ckpt_path), experiment_dir)
+        if checkpoint is None:
+            if subcommand != "fit":
+                _fail(f"--ckpt_path last: no last.ckpt under {experiment_dir}")
+            print(f"qlit: no last.ckpt under {experiment_dir} yet; starting a new run", file=sys.stderr)
+            config.ckpt_path = None
+            return
+        config.ckpt_path = str(checkpoint)
+        version = version_of(checkpoint, experiment_dir) if experiment_dir is not None else None
+        if version is not None:
+            logger.version = version
+
+
+def _tensorboard_logger_args(config) -> Any:
+    """The ``init_args`` of the config's TensorBoardLogger, or ``None`` if it has none."""
+    loggers = config.trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        class_path = getattr(logger, "class_path", "") or ""
+        if class_path.endswith("TensorBoardLogger"):
+            return logger.init_args
+    return None
+
+
+def main(args: list[str] | None = None) -> None:
+    """Run the ``qlit`` command line; ``args`` defaults to ``sys.argv[1:]``."""
+    try:
+        QlitCLI(args=args)
+    except QlitError as err:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        _fail(str(err))

@@ -1,0 +1,67 @@
+"""The hybrid network: classical pre-net, variational circuit, classical post-net."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+from qlit.errors import QlitError
+from qlit.models.circuit import check_circuit
+from qlit.models.quantum_layer import QuantumLayer
+
+Core = Literal["quantum", "classical"]
+
+
+class HybridNet(nn.Module):
+    """Classical pre-net → quantum layer → classical post-net, producing logits.
+
+    The pre-net maps the features to one angle per qubit, squashed into ``(-π/2, π/2)`` so the
+    embedding stays in a range where the rotation is one-to-one. With ``core="classical"`` the circuit
+    is replaced by ``Linear(n_qubits, n_qubits)`` and ``tanh`` (its "classical twin"): same width,
+    trained the same way, the baseline any quantum result should be read against.
+
+    Args:
+        in_features: Number of input features.
+        num_classes: Number of classes; two give a single logit, more give one logit per class.
+        n_qubits: Width of the quantum layer.
+        n_layers: Number of entangling layers.
+        ansatz: ``"basic"`` or ``"strong"``.
+        embedding: Angle-embedding rotation, ``"X"``, ``"Y"`` or ``"Z"``.
+        backend: ``"qlit"`` or a PennyLane device name.
+        diff_method: PennyLane differentiation method.
+        core: ``"quantum"`` or ``"classical"``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        n_qubits: int = 4,
+        n_layers: int = 2,
+        ansatz: str = "basic",
+        embedding: str = "X",
+        backend: str = "default.qubit",
+        diff_method: str = "backprop",
+        core: Core = "quantum",
+    ) -> None:
+        super().__init__()
+        if in_features < 1:
+            raise QlitError(f"in_features must be >= 1, got {in_features!r}")
+        if num_classes < 2:
+            raise QlitError(f"num_classes must be >= 2, got {num_classes!r}")
+        if core not in ("quantum", "classical"):
+            raise QlitError(f"core must be 'quantum' or 'classical', got {core!r}")
+        check_circuit(n_qubits, n_layers, ansatz, embedding)
+        self.pre = nn.Linear(in_features, n_qubits)
+        if core == "quantum":
+            self.core: nn.Module = QuantumLayer(n_qubits, n_layers, ansatz, embedding, backend, diff_method)
+        else:
+            self.core = nn.Sequential(nn.Linear(n_qubits, n_qubits), nn.Tanh())
+        self.post = nn.Linear(n_qubits, 1 if num_classes == 2 else num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        angles = torch.tanh(self.pre(x)) * (math.pi / 2)
+        return self.post(self.core(angles))
