@@ -7,14 +7,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from qlit import callbacks, data  # noqa: F401  (imported so configs can name their classes briefly)
 from qlit.callbacks import PredictionWriter
 from qlit.callbacks.prediction_writer import unused_path
+from qlit.callbacks.safety import GracefulStop, NonFiniteGuard, TrainingInterrupted
+from qlit.checkpoint_io import install as install_checkpoint_io
+from qlit.checkpoint_io import load_checkpoint
+from qlit.cv import QlitTrainer, cross_validate
 from qlit.data import KFoldDataModule
 from qlit.errors import QlitError
 from qlit.models import HybridClassifier
+from qlit.preflight import preflight
 from qlit.runs import resolve_checkpoint, version_of
 
 DEBUG_ENV = "QLIT_DEBUG"
@@ -51,10 +58,12 @@ class QlitSaveConfig(SaveConfigCallback):
 
 
 class QlitCLI(LightningCLI):
-    """LightningCLI for hybrid classifiers: ``qlit fit|validate|test|predict --config <yaml>``."""
+    """LightningCLI for hybrid classifiers: ``qlit fit|validate|test|predict|cv --config <yaml>``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("trainer_defaults", {"callbacks": [PredictionWriter()]})
+        kwargs.setdefault("trainer_defaults", {"callbacks": [PredictionWriter(), NonFiniteGuard(), GracefulStop()]})
+        self._checkpoint: dict[str, Any] | None = None
+        kwargs.setdefault("trainer_class", QlitTrainer)
         super().__init__(
             HybridClassifier,
             KFoldDataModule,
@@ -68,6 +77,15 @@ class QlitCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source, target in (("num_features", "in_features"), ("num_classes", "num_classes"), ("class_names", "class_names")):
             parser.link_arguments(f"data.{source}", f"model.{target}", apply_on="instantiate")
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's subcommands plus ``cv`` (its arguments come from `QlitTrainer.cv`)."""
+        return {**LightningCLI.subcommands(), "cv": {"model", "datamodule"}}
+
+    def cv(self, model: Any, datamodule: Any = None) -> None:
+        """Run ``qlit cv``: a fresh CLI per fold, built from this command's parsed config."""
+        cross_validate(type(self), self.config["cv"], self._parser("cv"))
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
@@ -94,9 +112,27 @@ class QlitCLI(LightningCLI):
             config.ckpt_path = None
             return
         config.ckpt_path = str(checkpoint)
+        self._checkpoint = load_checkpoint(checkpoint)  # weights-only: refuses files that would run code
         version = version_of(checkpoint, experiment_dir) if experiment_dir is not None else None
         if version is not None:
             logger.version = version
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        trainer = super().instantiate_trainer(**kwargs)
+        install_checkpoint_io(trainer)  # atomic checkpoint writes, weights-only reads
+        return trainer
+
+    def before_fit(self) -> None:
+        preflight(self, "fit")
+
+    def before_validate(self) -> None:
+        preflight(self, "validate")
+
+    def before_test(self) -> None:
+        preflight(self, "test")
+
+    def before_predict(self) -> None:
+        preflight(self, "predict")
 
 
 def _tensorboard_logger_args(config) -> Any:
@@ -113,7 +149,27 @@ def main(args: list[str] | None = None) -> None:
     """Run the ``qlit`` command line; ``args`` defaults to ``sys.argv[1:]``."""
     try:
         QlitCLI(args=args)
-    except QlitError as err:
-        if os.environ.get(DEBUG_ENV):
+    except TrainingInterrupted as stop:
+        print(f"qlit: {stop}", file=sys.stderr)
+        sys.exit(stop.code)
+    except SIGTERMException:
+        print("qlit: stopped by SIGTERM", file=sys.stderr)
+        sys.exit(128 + 15)
+    except Exception as err:
+        cause = _user_error(err)
+        if cause is None or os.environ.get(DEBUG_ENV):
             raise
-        _fail(str(err))
+        _fail(str(cause))
+
+
+def _user_error(err: BaseException | None) -> QlitError | None:
+    """The `QlitError` behind ``err``: jsonargparse wraps errors raised while instantiating classes."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, QlitError):
+            return err
+        if isinstance(err, MisconfigurationException):  # Lightning's word for a bad trainer setting
+            return QlitError(str(err).strip().splitlines()[0])
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

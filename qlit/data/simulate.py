@@ -2,8 +2,8 @@
 
 Allele frequencies drift down a population tree under the Balding–Nichols model: a child
 population's frequency is ``Beta(p (1 - F) / F, (1 - p) (1 - F) / F)`` around its parent's ``p``,
-where ``F`` is the branch's drift. The branch lengths are chosen so that leaf-to-leaf sums match
-published pairwise Fst for the 1000 Genomes super-populations (AFR–EUR ≈ 0.15, AFR–EAS ≈ 0.19,
+where ``F`` is the branch's drift. Between two leaves, Hudson's Fst is about half the drift summed
+along the path joining them; the branch drifts are chosen so that this matches published pairwise Fst for the 1000 Genomes super-populations (AFR–EUR ≈ 0.15, AFR–EAS ≈ 0.19,
 EUR–EAS ≈ 0.11, EUR–SAS ≈ 0.04). AMR individuals are admixed: each has its own ancestry
 proportions over AFR, EUR and a Native-American-like branch (NAT) that split from the East Asian
 lineage, and each of their allele copies is drawn from one of those sources.
@@ -17,14 +17,14 @@ POPULATIONS: tuple[str, ...] = ("AFR", "EUR", "EAS", "SAS", "AMR")
 
 # node: (parent, drift F on the branch from the parent)
 _TREE: dict[str, tuple[str, float]] = {
-    "AFR": ("root", 0.06),
-    "OOA": ("root", 0.055),
-    "WEA": ("OOA", 0.015),
-    "EUR": ("WEA", 0.02),
-    "SAS": ("WEA", 0.02),
-    "EA": ("OOA", 0.03),
-    "EAS": ("EA", 0.045),
-    "NAT": ("EA", 0.10),
+    "AFR": ("root", 0.12),
+    "OOA": ("root", 0.11),
+    "WEA": ("OOA", 0.03),
+    "EUR": ("WEA", 0.04),
+    "SAS": ("WEA", 0.04),
+    "EA": ("OOA", 0.06),
+    "EAS": ("EA", 0.09),
+    "NAT": ("EA", 0.20),
 }
 # Mean AMR ancestry over (AFR, EUR, NAT) and the Dirichlet concentration of individual proportions.
 _AMR_SOURCES = ("AFR", "EUR", "NAT")

@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+import torch
+
+from qlit.data import IrisDataModule, SNPDataModule
+from qlit.data.simulate import POPULATIONS, simulate_null, simulate_populations
+from qlit.errors import QlitError
+
+
+def hudson_fst(g1: np.ndarray, g2: np.ndarray) -> float:
+    """Hudson's Fst (ratio of averages) from two genotype matrices."""
+    p1, p2 = g1.mean(0) / 2, g2.mean(0) / 2
+    n1, n2 = 2 * len(g1), 2 * len(g2)
+    num = (p1 - p2) ** 2 - p1 * (1 - p1) / (n1 - 1) - p2 * (1 - p2) / (n2 - 1)
+    den = p1 * (1 - p2) + p2 * (1 - p1)
+    return float(num.sum() / den.sum())
+
+
+def test_iris_defaults_are_binary_setosa_versicolor():
+    dm = IrisDataModule()
+    assert (dm.num_features, dm.num_classes, dm.class_names) == (4, 2, ["setosa", "versicolor"])
+    dm.setup("fit")
+    assert len(dm.y) == 100 and set(dm.y) == {0, 1}
+
+
+def test_iris_three_classes_is_multiclass():
+    dm = IrisDataModule(classes=["setosa", "versicolor", "virginica"])
+    dm.setup("fit")
+    assert dm.num_classes == 3 and len(dm.y) == 150
+
+
+def test_folds_are_disjoint_stratified_and_cover_every_sample():
+    tests = []
+    for fold in range(5):
+        dm = IrisDataModule(fold=fold)
+        dm.setup("fit")
+        idx = dm.indices
+        assert not set(idx["train"]) & set(idx["val"])
+        assert not (set(idx["train"]) | set(idx["val"])) & set(idx["test"])
+        assert len(idx["train"]) + len(idx["val"]) + len(idx["test"]) == 100
+        assert np.bincount(dm.y[idx["test"]]).tolist() == [10, 10]
+        tests.append(idx["test"])
+    assert sorted(np.concatenate(tests).tolist()) == list(range(100))
+
+
+def test_scaler_is_fit_on_training_rows_only():
+    dm = IrisDataModule(fold=1)
+    dm.setup("fit")
+    train = dm.x[dm.indices["train"]]
+    assert torch.allclose(dm.preprocessor.state["scale_mean"], torch.from_numpy(train.mean(0)))
+    assert not torch.allclose(dm.preprocessor.state["scale_mean"], torch.from_numpy(dm.x.mean(0)))
+    x_train, _ = dm._dataset("train").tensors
+    assert x_train.mean(0).abs().max() < 1e-5
+
+
+def test_pca_is_fit_on_training_rows_only_and_state_round_trips():
+    dm = SNPDataModule(n_individuals=200, n_snps=40, n_components=3)
+    dm.setup("fit")
+    train = dm.x[dm.indices["train"]]
+    assert torch.allclose(dm.preprocessor.state["pca_mean"], torch.from_numpy(train.mean(0)))
+    other = SNPDataModule(n_individuals=200, n_snps=40, n_components=3, fold=2)
+    other.setup("fit")
+    other.load_state_dict(dm.state_dict())
+    rows = dm.x[:7]
+    assert torch.equal(other.preprocessor.transform(rows), dm.preprocessor.transform(rows))
+    assert dm._dataset("test").tensors[0].shape[1] == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "culprit"),
+    [
+        ({"classes": ["setosa", "daisy"]}, "daisy"),
+        ({"fold": 5, "num_folds": 5}, "fold"),
+        ({"num_folds": 1}, "num_folds"),
+        ({"classes": ["setosa"]}, "setosa"),
+    ],
+)
+def test_iris_bad_options_name_the_value(kwargs, culprit):
+    with pytest.raises(QlitError, match=culprit):
+        IrisDataModule(**kwargs)
+
+
+def test_more_folds_than_class_members_is_a_clear_error():
+    dm = SNPDataModule(n_individuals=20, n_snps=10, num_folds=5)
+    with pytest.raises(QlitError, match="num_folds=5"):
+        dm.setup("fit")
+
+
+def test_unknown_population_is_named():
+    with pytest.raises(QlitError, match="MARS"):
+        SNPDataModule(populations=["AFR", "MARS"])
+
+
+def test_simulated_populations_match_published_fst():
+    genotypes, labels = simulate_populations(2000, 2000, seed=3)
+    by_pop = {name: genotypes[labels == k] for k, name in enumerate(POPULATIONS)}
+    assert np.bincount(labels).tolist() == [400] * 5
+    assert set(np.unique(genotypes)) <= {0, 1, 2}
+    assert hudson_fst(by_pop["AFR"], by_pop["EUR"]) == pytest.approx(0.15, abs=0.02)
+    assert hudson_fst(by_pop["AFR"], by_pop["EAS"]) == pytest.approx(0.19, abs=0.02)
+    assert hudson_fst(by_pop["EUR"], by_pop["EAS"]) == pytest.approx(0.11, abs=0.02)
+    assert hudson_fst(by_pop["EUR"], by_pop["SAS"]) < 0.06
+    # AMR is admixed: closer to its sources than they are to each other.
+    assert hudson_fst(by_pop["AMR"], by_pop["EUR"]) < hudson_fst(by_pop["AFR"], by_pop["EUR"])
+
+
+def test_null_data_has_no_structure():
+    genotypes, labels = simulate_null(1000, 50, 5, seed=0)
+    assert np.bincount(labels).tolist() == [200] * 5
+    freqs = np.stack([genotypes[labels == k].mean(0) for k in range(5)])
+    assert np.abs(freqs - 1.0).max() < 0.35  # uniform 0/1/2 has mean 1 in every population
+
+
+def test_snp_module_reduces_to_one_feature_per_component():
+    dm = SNPDataModule(n_individuals=250, n_snps=30, n_components=4, structure="none")
+    assert (dm.num_features, dm.num_classes, dm.raw_features) == (4, 5, 30)
+    dm.setup("fit")
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (32, 4) and x.dtype == torch.float32 and y.dtype == torch.int64

@@ -1,0 +1,119 @@
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from qlit.cli import main
+from tests.conftest import CONFIGS
+
+ALL_CONFIGS = sorted(CONFIGS.glob("*.yaml"))
+IRIS = str(CONFIGS / "iris.yaml")
+
+
+def run(*args: str) -> None:
+    main([*args, "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"])
+
+
+def scalars(run_dir: Path) -> dict[str, list]:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    return {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+
+
+@pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda p: p.stem)
+def test_every_config_runs(config: Path):
+    run("fit", "--config", str(config), "--trainer.fast_dev_run=true")
+
+
+@pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda p: p.stem)
+def test_print_config_is_a_complete_config(config: Path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    source = yaml.safe_load(config.read_text())
+    assert printed["model"]["n_qubits"] == source["model"]["n_qubits"]
+    assert printed["data"]["class_path"] == source["data"]["class_path"]
+    assert printed["trainer"]["max_epochs"] == source["trainer"]["max_epochs"]
+
+
+def test_fit_test_predict_share_one_run_folder(tmp_path: Path):
+    run("fit", "--config", IRIS, "--trainer.max_epochs=2")
+    run_dir = tmp_path / "lightning_logs" / "iris" / "version_0"
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "config.yaml").is_file()
+
+    tags = scalars(run_dir)
+    for tag in ("train_loss", "train_acc", "val_loss", "val_acc", "lr-Adam", "quantum_grad_norm", "quantum_grad_var"):
+        assert tag in tags, tag
+    assert len(tags["val_loss"]) == 2 and tags["quantum_grad_norm"][0].value > 0
+
+    run("test", "--config", IRIS, "--ckpt_path", "best")
+    assert "test_acc" in scalars(run_dir)
+    assert (run_dir / "config_test.yaml").is_file()
+    assert not (tmp_path / "lightning_logs" / "iris" / "version_1").exists()
+
+    run("predict", "--config", IRIS, "--ckpt_path", "best")
+    with (run_dir / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 20  # the test fold of 100 Iris samples
+    assert set(rows[0]) == {"id", "label", "prob_setosa", "prob_versicolor"}
+    assert {row["label"] for row in rows} <= {"setosa", "versicolor"}
+    assert all(abs(float(r["prob_setosa"]) + float(r["prob_versicolor"]) - 1) < 1e-5 for r in rows)
+
+
+def test_resume_continues_where_it_stopped(tmp_path: Path):
+    run("fit", "--config", IRIS, "--trainer.max_epochs=2")
+    ckpt_dir = tmp_path / "lightning_logs" / "iris" / "version_0" / "checkpoints"
+    first = torch.load(ckpt_dir / "last.ckpt", weights_only=True)
+    assert first["epoch"] == 1
+
+    run("fit", "--config", IRIS, "--ckpt_path", "last", "--trainer.max_epochs=4")
+    resumed = torch.load(ckpt_dir / "last.ckpt", weights_only=True)
+    assert resumed["epoch"] == 3
+    assert resumed["global_step"] == 2 * first["global_step"]
+    assert not (tmp_path / "lightning_logs" / "iris" / "version_1").exists()
+    val_steps = [event.step for event in scalars(ckpt_dir.parent)["val_loss"]]
+    assert sorted(val_steps) == sorted(set(val_steps)) and len(val_steps) == 4
+    assert (ckpt_dir.parent / "config.yaml").is_file() and (ckpt_dir.parent / "config_fit.yaml").is_file()
+
+
+def test_quantum_weights_are_saved_and_restored(tmp_path: Path):
+    run("fit", "--config", IRIS, "--trainer.max_epochs=1")
+    state = torch.load(tmp_path / "lightning_logs/iris/version_0/checkpoints/last.ckpt", weights_only=True)
+    weights = state["state_dict"]["net.core.circuit.weights"]
+    assert weights.shape == (2, 4)
+    from qlit.models import HybridClassifier
+
+    model = HybridClassifier(**{k: v for k, v in state["hyper_parameters"].items() if not k.startswith("_")})
+    model.load_state_dict(state["state_dict"])
+    assert torch.equal(model.net.core.weights.detach(), weights)
+
+
+@pytest.mark.parametrize(
+    ("args", "culprit"),
+    [
+        (["--model.n_qubitz=3"], "n_qubitz"),
+        (["--data.init_args.classes=[setosa,tulip]"], "tulip"),
+        (["--data.init_args.fold=5"], "fold"),
+        (["--model.n_qubits=0"], "n_qubits"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_value(args, culprit, capsys, tmp_path: Path):
+    with pytest.raises(SystemExit) as exit_info:
+        run("fit", "--config", IRIS, *args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("qlit: error:") and culprit in err[0]
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_best_without_a_run_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run("test", "--config", IRIS, "--ckpt_path", "best")
+    assert exit_info.value.code == 2
+    assert "no best.ckpt" in capsys.readouterr().err
