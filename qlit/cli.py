@@ -85,6 +85,8 @@ class QlitCLI(LightningCLI):
 
     def cv(self, model: Any, datamodule: Any = None) -> None:
         """Run ``qlit cv``: a fresh CLI per fold, built from this command's parsed config."""
+        if datamodule is not None:
+            datamodule.setup("fit")  # bad data fails here, before the cv run writes anything
         cross_validate(type(self), self.config["cv"], self._parser("cv"))
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:

@@ -7,7 +7,6 @@ training, test metrics, predictions) to the version folder the checkpoint came f
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from qlit.errors import QlitError
@@ -15,19 +14,20 @@ from qlit.errors import QlitError
 SHORTHANDS = {"last": "last.ckpt", "best": "best.ckpt"}
 
 
-def _version_key(path: Path) -> tuple[float, str]:
-    match = re.fullmatch(r"version_(\d+)", path.name)
-    return (float(match.group(1)) if match else path.stat().st_mtime, path.name)
 
 
 def find_checkpoint(experiment_dir: str | Path, which: str) -> Path | None:
-    """The ``last.ckpt`` or ``best.ckpt`` of the newest version folder that has one, or ``None``."""
+    """The most recently written ``last.ckpt`` or ``best.ckpt`` among the experiment's run folders.
+
+    Run folders are ``version_<n>`` of ``qlit fit`` and the ``fold_<k>`` of ``qlit cv``; their names
+    do not order them in time, so the checkpoint files' modification times do.
+    """
     filename = SHORTHANDS[which]
     experiment_dir = Path(experiment_dir)
     if not experiment_dir.is_dir():
         return None
-    versions = sorted((p for p in experiment_dir.iterdir() if (p / "checkpoints" / filename).is_file()), key=_version_key)
-    return versions[-1] / "checkpoints" / filename if versions else None
+    found = [p / "checkpoints" / filename for p in experiment_dir.iterdir() if (p / "checkpoints" / filename).is_file()]
+    return max(found, key=lambda f: (f.stat().st_mtime_ns, str(f))) if found else None
 
 
 def resolve_checkpoint(ckpt_path: str, experiment_dir: str | Path | None) -> Path | None:

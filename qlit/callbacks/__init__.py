@@ -1,6 +1,7 @@
 """Lightning callbacks qlit adds to its runs."""
 
 from qlit.callbacks.prediction_writer import PredictionWriter
+from qlit.callbacks.quantization import Int8Quantization
 from qlit.callbacks.quantum_monitor import QuantumMonitor
 
-__all__ = ["PredictionWriter", "QuantumMonitor"]
+__all__ = ["Int8Quantization", "PredictionWriter", "QuantumMonitor"]

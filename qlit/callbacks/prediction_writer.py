@@ -34,12 +34,21 @@ class PredictionWriter(BasePredictionWriter):
         self.path: Path | None = None
 
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, predictions, batch_indices) -> None:
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, not only rank 0
+        probs = torch.cat(list(predictions)).cpu()
+        flat = [i for batch in batch_indices for i in batch] if batch_indices else []
+        order = torch.as_tensor(flat if len(flat) == len(probs) else range(len(probs)), dtype=torch.long)
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Under DDP each rank predicted its own, unequal shard: gather them and restore the file's order.
+            shards: list = [None] * trainer.world_size
+            torch.distributed.all_gather_object(shards, (probs, order))
+            probs, order = torch.cat([p for p, _ in shards]), torch.cat([o for _, o in shards])
         if not trainer.is_global_zero:
             return
-        probs = torch.cat(list(predictions)).cpu()
+        probs = probs[torch.argsort(order, stable=True)]
         ids = trainer.datamodule.predict_ids
         names = pl_module.class_names
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        out_dir = Path(log_dir or trainer.default_root_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = unused_path(out_dir / self.filename)
         with self.path.open("w", newline="") as handle:

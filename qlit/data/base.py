@@ -14,6 +14,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
 from qlit.data.preprocessing import Preprocessor
+from qlit.data.sampling import EpochShuffleSampler, ResumableDataLoader
 from qlit.errors import QlitError
 
 
@@ -34,8 +35,12 @@ def read_samples_csv(path: str | Path, n_features: int) -> tuple[list[str], np.n
     path = Path(path)
     if not path.is_file():
         raise QlitError(f"predict file not found: {path}")
-    with path.open(newline="") as handle:
-        rows = list(csv.reader(handle))
+    try:
+        # utf-8-sig: spreadsheet programs often start a CSV with a byte-order mark, which would hide an `id` header.
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise QlitError(f"{path}: not a readable UTF-8 CSV file ({err})") from None
     rows = [row for row in rows if row]
     if len(rows) < 2:
         raise QlitError(f"{path}: no samples (expected a header row and at least one data row)")
@@ -144,6 +149,10 @@ class KFoldDataModule(L.LightningDataModule):
         """Row indices of the ``train``, ``val`` and ``test`` sets of this fold."""
         counts = np.bincount(y, minlength=self.num_classes)
         smallest = int(counts.min())
+        if smallest == 0:  # e.g. a genotype file holding a single population
+            name = self.class_names[int(counts.argmin())]
+            source = getattr(self, "genotype_file", None) or "the data"
+            raise QlitError(f"{source} has no samples of class {name!r}; every class needs samples to train a classifier")
         if smallest < self.num_folds:
             name = self.class_names[int(counts.argmin())]
             raise QlitError(
@@ -162,7 +171,10 @@ class KFoldDataModule(L.LightningDataModule):
         return TensorDataset(self.preprocessor.transform(self.x[rows]), torch.as_tensor(self.y[rows]))
 
     def _loader(self, dataset: TensorDataset, shuffle: bool = False) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
+        if shuffle:  # order depends on (seed, epoch) only and the position is checkpointed: exact resume
+            sampler = EpochShuffleSampler(dataset)
+            return ResumableDataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
+        return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self._dataset("train"), shuffle=True)

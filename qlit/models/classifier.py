@@ -55,8 +55,12 @@ class HybridClassifier(L.LightningModule):
         lr_patience: int = 5,
     ) -> None:
         super().__init__()
-        if not lr > 0:
-            raise QlitError(f"lr must be > 0, got {lr!r}")
+        if not 0 < lr < float("inf"):
+            raise QlitError(f"lr must be a finite number > 0, got {lr!r}")
+        if not weight_decay >= 0:
+            raise QlitError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        if isinstance(lr_patience, bool) or not isinstance(lr_patience, int) or lr_patience < 0:
+            raise QlitError(f"lr_patience must be an integer >= 0, got {lr_patience!r}")
         if not 0 < lr_factor < 1:
             raise QlitError(f"lr_factor must be in (0, 1), got {lr_factor!r}")
         if class_names is not None and len(class_names) != num_classes:
@@ -98,7 +102,8 @@ class HybridClassifier(L.LightningModule):
         logits = self(x)
         loss = self._loss(logits, y)
         metric = getattr(self, f"{stage}_acc")
-        metric(logits, y)
+        # torchmetrics reads binary inputs inside [0, 1] as probabilities, so never hand it raw logits.
+        metric(torch.sigmoid(logits) if self.binary else logits, y)
         self.log(f"{stage}_loss", loss, prog_bar=stage != "train", on_step=False, on_epoch=True, sync_dist=True)
         self.log(f"{stage}_acc", metric, prog_bar=True, on_step=False, on_epoch=True)
         return loss

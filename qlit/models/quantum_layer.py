@@ -43,7 +43,7 @@ class QuantumLayer(nn.Module):
         embedding: Angle-embedding rotation, ``"X"``, ``"Y"`` or ``"Z"``.
         backend: ``"qlit"`` for the built-in statevector simulator, or a PennyLane device name.
         diff_method: PennyLane differentiation method (``"backprop"``, ``"adjoint"``,
-            ``"parameter-shift"``, ``"best"``); ignored by the ``qlit`` backend, which uses autograd.
+            ``"parameter-shift"``, ``"best"``); ignored by the ``qlit`` backend, whose gradients are exact.
     """
 
     def __init__(

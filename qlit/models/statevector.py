@@ -1,48 +1,50 @@
 """Exact, batched statevector simulation of qlit's circuits in plain PyTorch.
 
-The whole batch is simulated in one pass and differentiated by autograd, on whatever device the
-tensors live. Two facts make it fast for the small circuits qlit trains:
+The whole batch is simulated at once, on whatever device the tensors live. For the small circuits
+qlit trains, a training step costs a few dozen tensor operations, so the number of operations, not
+arithmetic, decides the speed. What the simulator exploits:
 
-* the angle embedding acts on ``|0…0⟩``, so the embedded state is a product state, built with
-  ``n`` outer products instead of ``n`` gate applications;
-* the trainable layers do not depend on the sample, so when the batch is at least as large as the
-  Hilbert space they are fused into one ``2^n × 2^n`` unitary, applied with a single matmul.
-  Otherwise (many qubits, small batch) the gates are applied to the batch of states directly.
+* the angle embedding acts on ``|0…0⟩``, so the embedded state is a product state. Its phases
+  (``-i`` for RX) are constant, so they move into the first layer's gates and the state itself is
+  real: ``⊗_w (cos x_w/2, sin x_w/2)``;
+* the last CNOT layer only permutes basis states, so it moves into the ⟨Z⟩ readout (and, in the
+  fused path below, every other CNOT layer into the columns of the next layer's matrix);
+* the trainable layers do not depend on the sample. With few qubits they are multiplied into one
+  ``2^n × 2^n`` unitary ``V`` and each sample costs one small real matmul. That path is one autograd
+  function with a hand-written backward: the gradient of a gate angle with Pauli generator ``Q`` in
+  layer ``l`` is ``½ Im Tr(Q P_l (∂L/∂V)^† V P_l^†)``, ``P_l`` being the circuit up to layer ``l``;
+* with many qubits (7 and more, or 6 with a large batch) the gates are applied to the states
+  instead, with ordinary autograd: the first layer still acts on the product state, and each later
+  layer's rotations are applied a few wires at a time as one Kronecker-product matrix.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from qlit.models.circuit import entangler_pairs, init_weights, weight_shape
 
-
-def _rotation(axis: str, angle: torch.Tensor) -> torch.Tensor:
-    """2×2 matrices of RX, RY or RZ for a tensor of angles: shape ``angle.shape + (2, 2)``."""
-    c = torch.cos(angle / 2).to(_complex(angle.dtype))
-    s = torch.sin(angle / 2).to(_complex(angle.dtype))
-    if axis == "X":
-        rows = [torch.stack([c, -1j * s], -1), torch.stack([-1j * s, c], -1)]
-    elif axis == "Y":
-        rows = [torch.stack([c, -s], -1), torch.stack([s, c], -1)]
-    else:
-        zero = torch.zeros_like(c)
-        rows = [torch.stack([c - 1j * s, zero], -1), torch.stack([zero, c + 1j * s], -1)]
-    return torch.stack(rows, -2)
+# The fused unitary costs O(4^n) memory and O(8^n) work per step whatever the batch. Measured on a
+# 2-core CPU (forward + backward): it wins at every batch size up to 5 qubits, below ~1000 samples at
+# 6 qubits, and never from 7 qubits on.
+FUSED_MAX_QUBITS = 6
+FUSED_MAX_BATCH_AT_MAX_QUBITS = 1024
+# Number of wires whose rotations are multiplied into one matrix before it touches the states.
+GROUP_WIRES = 4
 
 
-def _rot(phi: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
-    """PennyLane's ``Rot(φ, θ, ω) = RZ(ω) RY(θ) RZ(φ)`` as 2×2 matrices."""
-    return _rotation("Z", omega) @ _rotation("Y", theta) @ _rotation("Z", phi)
-
-
-def _complex(dtype: torch.dtype) -> torch.dtype:
-    return torch.complex128 if dtype == torch.float64 else torch.complex64
+def _bits(n_qubits: int) -> torch.Tensor:
+    """``(2^n, n)`` matrix of basis-state bits; wire 0 is the most significant bit."""
+    index = torch.arange(2**n_qubits)[:, None]
+    return (index >> (n_qubits - 1 - torch.arange(n_qubits))) & 1
 
 
 def _cnot_permutation(n_qubits: int, pairs: list[tuple[int, int]]) -> torch.Tensor:
-    """One index permutation equal to applying the CNOTs in ``pairs`` in order (wire 0 is the MSB)."""
+    """Index permutation ``p`` equal to the CNOTs in ``pairs`` applied in order: ``ψ'[k] = ψ[p[k]]``."""
     index = torch.arange(2**n_qubits)
     total = index.clone()
     for control, target in pairs:
@@ -54,9 +56,137 @@ def _cnot_permutation(n_qubits: int, pairs: list[tuple[int, int]]) -> torch.Tens
 
 def _z_signs(n_qubits: int) -> torch.Tensor:
     """``(2^n, n)`` matrix of PauliZ eigenvalues: entry ``[k, w]`` is ±1 for basis state k on wire w."""
-    index = torch.arange(2**n_qubits)[:, None]
-    bits = (index >> (n_qubits - 1 - torch.arange(n_qubits))) & 1
-    return 1.0 - 2.0 * bits
+    return 1.0 - 2.0 * _bits(n_qubits)
+
+
+def _gate_tables(ansatz: str, embedding: str, n_layers: int) -> dict[str, torch.Tensor]:
+    """Constants that turn weights into gate matrices with a matmul, a sine and a matmul.
+
+    ``sines = sin(w @ angle_map + quarter_turns·π/2)``; ``sines[:, :A] @ mix[layer]`` are the real and
+    imaginary parts of the gate's four entries. Products of cosines and sines are written as sums of
+    sines (``cos a cos b = ½(cos(a+b) + cos(a-b))``), which keeps the map linear after the sine. The
+    first layer's table also carries the embedding's constant phase,
+    ``RX(x)|0⟩ = diag(1, -i)(cos x/2, sin x/2)``. For ``strong``, the remaining sines times ``rot_grad``
+    give the 3×3 matrix that turns ``(Im Tr(X N), Im Tr(Y N), Im Tr(Z N))`` into the (φ, θ, ω) gradient.
+    """
+    tables: dict[str, torch.Tensor] = {}
+    if ansatz == "basic":
+        # RX(θ) = [[c, -is], [-is, c]] with (c, s) = sin(θ/2 + (π/2, 0)).
+        angle_map = torch.tensor([[0.5, 0.5]])
+        quarter_turns = torch.tensor([1, 0])
+        mix = torch.zeros(2, 2, 2, 2)  # angle, row, column, (re, im)
+        mix[0, 0, 0, 0] = mix[0, 1, 1, 0] = 1.0
+        mix[1, 0, 1, 1] = mix[1, 1, 0, 1] = -1.0
+    else:
+        # Rot(φ, θ, ω) = [[e^{-ia} C, -e^{id} S], [e^{-id} S, e^{ia} C]] with a = (φ+ω)/2, d = (φ-ω)/2,
+        # C = cos θ/2, S = sin θ/2: real and imaginary parts are ±cos(a)C, ±cos(d)S, ±sin(a)C, ±sin(d)S.
+        phi, theta, omega = torch.eye(3)
+        a, d, h = (phi + omega) / 2, (phi - omega) / 2, theta / 2
+        gate_angles = [a + h, a - h, h + d, h - d, a + h, a - h, d - h, d + h]
+        gate_turns = [1, 1, 0, 0, 0, 0, 1, 1]
+        products = torch.zeros(8, 4)  # sines -> (cos a C, cos d S, sin a C, sin d S)
+        products[[0, 1], 0] = products[[2, 3], 1] = products[[4, 5], 2] = 0.5
+        products[6, 3], products[7, 3] = 0.5, -0.5
+        entries = torch.zeros(4, 2, 2, 2)
+        entries[0, 0, 0, 0] = entries[0, 1, 1, 0] = 1.0
+        entries[1, 0, 1, 0], entries[1, 1, 0, 0] = -1.0, 1.0
+        entries[2, 0, 0, 1], entries[2, 1, 1, 1] = -1.0, 1.0
+        entries[3, 0, 1, 1] = entries[3, 1, 0, 1] = -1.0
+        mix = torch.einsum("ap,prcz->arcz", products, entries)
+        # Generators: ∂ω -> Z; ∂θ -> RZ(ω) Y RZ(ω)† = cos ω Y - sin ω X;
+        # ∂φ -> Rot Z Rot† = cos θ Z + sin θ (cos ω X + sin ω Y).
+        grad_angles = [theta + omega, theta - omega, theta - omega, theta + omega, theta, omega, omega, 0 * omega]
+        grad_turns = [0, 0, 1, 1, 1, 0, 1, 1]
+        rot_grad = torch.zeros(8, 3, 3)  # sine, gradient (φ, θ, ω), trace (X, Y, Z)
+        rot_grad[[0, 1], 0, 0] = 0.5  # sin θ cos ω
+        rot_grad[2, 0, 1], rot_grad[3, 0, 1] = 0.5, -0.5  # sin θ sin ω
+        rot_grad[4, 0, 2] = 1.0  # cos θ
+        rot_grad[5, 1, 0], rot_grad[6, 1, 1] = -1.0, 1.0  # -sin ω, cos ω
+        rot_grad[7, 2, 2] = 1.0
+        angle_map = torch.stack(gate_angles + grad_angles, 1)
+        quarter_turns = torch.tensor(gate_turns + grad_turns)
+        tables["rot_grad"] = rot_grad.reshape(8, 9)
+    first = mix.clone()
+    if embedding == "X":
+        # Column 1 times -i: (re, im) -> (im, -re).
+        first[:, :, 1, 0] = mix[:, :, 1, 1]
+        first[:, :, 1, 1] = -mix[:, :, 1, 0]
+    tables["angle_map"] = angle_map
+    tables["angle_turns"] = quarter_turns
+    tables["mix"] = torch.stack([first] + [mix] * (n_layers - 1)).reshape(n_layers, mix.shape[0], 8)
+    return tables
+
+
+def _product_state(factors: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """Kronecker product over wires of real ``(n, 2, B)`` one-qubit states: ``(2^n, B)``, wire 0 first.
+
+    ``index`` (``(n·2^n,)`` rows of the flattened factors) gathers every factor at once, which is
+    fewer operations; without it (large batches) the product is built wire by wire, with less memory.
+    """
+    n, _, batch = factors.shape
+    if index is not None:
+        return factors.reshape(2 * n, batch).index_select(0, index).reshape(n, -1, batch).prod(0)
+    state = factors[0]
+    for wire in range(1, n):
+        state = (state[:, None, :] * factors[wire][None]).reshape(-1, batch)
+    return state
+
+
+class _FusedCircuit(torch.autograd.Function):
+    """Embedding, every layer fused into one unitary ``V``, ⟨Z⟩ readout; the backward is written out.
+
+    Forward: ``y = [Re V; Im V] @ amplitudes`` and ``⟨Z_w⟩ = Σ_k z[k, w] y_k²``. Backward: the
+    gradient of ``V`` gives every gate angle's gradient through ``Im Tr(Q P (∂L/∂V)^† V P^†)``
+    (``P``: the circuit up to the gate's layer, ``Q``: the gate's Pauli generator), read off with one
+    matmul by ``trace_matrix``. Gradients inside skip the common factor 2 of ``∂y²/∂y``; the ``½`` of
+    the angle gradients and of the embedding's derivative cancel it.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weights: torch.Tensor, circuit: StatevectorCircuit) -> torch.Tensor:
+        c = circuit._constants(x.dtype)
+        n, dim = circuit.n_qubits, 2**circuit.n_qubits
+        sines, gates = circuit._gates(weights, c)
+        factors = gates.reshape(-1)[c["kron_index"]]  # (L, n, 2^n, 2^n): one gate entry per wire
+        layers = factors[:, 0]
+        for wire in range(1, n):  # not .prod(): complex products are not implemented on every device
+            layers = layers * factors[:, wire]
+        prefix = [layers[0]]
+        for layer in layers[1:]:
+            prefix.append(layer @ prefix[-1])
+        unitary = prefix[-1]
+        real_u = torch.view_as_real(unitary).permute(2, 0, 1).reshape(2 * dim, dim)  # [Re V; Im V]
+        batch = x.shape[0]
+        gather = c["product_index"] if batch * dim * n <= 2**18 else None
+        amplitudes = _product_state(circuit._embedding_factors(x, c), gather)
+        y = real_u @ amplitudes
+        ctx.save_for_backward(amplitudes, y, real_u, torch.stack(prefix), sines)
+        ctx.circuit = circuit
+        return (c["readout"].T @ (y * y)).T
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        amplitudes, y, real_u, prefix, sines = ctx.saved_tensors
+        circuit = ctx.circuit
+        c = circuit._constants(y.dtype)
+        dim = 2**circuit.n_qubits
+        grad_y = (c["readout"] @ grad.T).mul_(y)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = circuit._embedding_grad(amplitudes, real_u.T @ grad_y, c)
+        if ctx.needs_input_grad[1]:
+            grad_real_u = grad_y @ amplitudes.T
+            grad_u = torch.complex(grad_real_u[:dim], grad_real_u[dim:])
+            sandwich = prefix @ (grad_u.mH @ prefix[-1]) @ prefix.mH  # P_l (∂L/∂V)^† V P_l^† per layer
+            traces = torch.view_as_real(sandwich).reshape(prefix.shape[0], -1) @ c["trace_matrix"]
+            if circuit.ansatz == "basic":
+                grad_w = traces
+            else:
+                n_gates = sines.shape[0]
+                coefficients = (sines[:, 8:] @ c["rot_grad"]).reshape(n_gates, 3, 3)
+                grad_w = (coefficients @ traces.reshape(n_gates, 3, 1)).reshape(-1, circuit.n_qubits, 3)
+        return grad_x, grad_w, None
 
 
 class StatevectorCircuit(nn.Module):
@@ -69,6 +199,11 @@ class StatevectorCircuit(nn.Module):
             StronglyEntanglingLayers (Rot weights).
         embedding: Rotation of the angle embedding: ``"X"``, ``"Y"`` or ``"Z"``.
 
+    Attributes:
+        fused: ``None`` (default) lets `uses_fused` pick the cheaper path per batch; ``True`` or
+            ``False`` forces the fused-unitary or the gate-by-gate path (the fused one only exists up
+            to ``FUSED_MAX_QUBITS`` qubits).
+
     Shape:
         Input ``(..., n_qubits)`` angles; output ``(..., n_qubits)`` expectation values.
     """
@@ -76,46 +211,136 @@ class StatevectorCircuit(nn.Module):
     def __init__(self, n_qubits: int, n_layers: int, ansatz: str = "basic", embedding: str = "X") -> None:
         super().__init__()
         self.n_qubits = n_qubits
+        self.n_layers = n_layers
         self.ansatz = ansatz
         self.embedding = embedding
+        self.fused: bool | None = None
         self.weights = nn.Parameter(init_weights(torch.empty(weight_shape(n_qubits, n_layers, ansatz))))
+        self._cache: dict[tuple[torch.dtype, torch.device], dict[str, torch.Tensor]] = {}
+
+        dim, bits = 2**n_qubits, _bits(n_qubits)
         perms = [_cnot_permutation(n_qubits, pairs) for pairs in entangler_pairs(n_qubits, n_layers, ansatz)]
-        self.register_buffer("perms", torch.stack(perms), persistent=False)
-        self.register_buffer("z_signs", _z_signs(n_qubits), persistent=False)
+        for name, table in _gate_tables(ansatz, embedding, n_layers).items():
+            self._buffer(name, table)
+        self._buffer("perms", torch.stack(perms))
+        # The last CNOT layer permutes the basis: read ⟨Z⟩ through its inverse instead.
+        z_signs = _z_signs(n_qubits)[torch.argsort(perms[-1])]
+        self._buffer("z_signs", z_signs)
+        # Embedding factor of bit b: sin(scale·x + (1 - b)·π/2), i.e. (cos x/2, sin x/2). RZ leaves |0⟩
+        # alone up to a global phase, so its factor is (1, 0) whatever the input (scale 0).
+        self.embedding_scale = 0.0 if embedding == "Z" else 0.5
+        self._buffer("embedding_turns", torch.tensor([[1], [0]]))
+        if n_qubits <= FUSED_MAX_QUBITS:
+            self._fused_tables(perms, bits)
+
+    def _buffer(self, name: str, value: torch.Tensor) -> None:
+        # Derived constants, rebuilt by __init__: they move with .to() but stay out of the state dict.
+        self.register_buffer(name, value, persistent=False)
+
+    def _fused_tables(self, perms: list[torch.Tensor], bits: torch.Tensor) -> None:
+        n, dim = self.n_qubits, 2**self.n_qubits
+        wires = torch.arange(n)
+        # layers[l, i, j] = prod_w gates[l, w, bit_w(i), bit_w(j')], where j' = p_{l-1}^{-1}[j] puts the
+        # previous CNOT layer into the columns (the first layer has none).
+        columns = [torch.arange(dim)] + [torch.argsort(p) for p in perms[:-1]]
+        index = [
+            ((layer * n + wires[:, None, None]) * 2 + bits.T[:, :, None]) * 2 + bits[cols].T[:, None, :]
+            for layer, cols in enumerate(columns)
+        ]
+        self._buffer("kron_index", torch.stack(index))
+        self._buffer("product_index", (2 * wires[:, None] + bits.T).reshape(-1))
+        self._buffer("readout", self.z_signs.repeat(2, 1))
+        # ∂/∂x_w of the product state flips bit w of the basis index, with sign -1 where the bit is 0.
+        flip = torch.arange(dim)[None, :] ^ (1 << (n - 1 - wires))[:, None]
+        sign = 2.0 * bits.T - 1.0
+        flip_matrix = torch.zeros(n, dim, dim)
+        flip_matrix[wires[:, None], torch.arange(dim)[None, :], flip] = sign
+        self._buffer("flip_matrix", flip_matrix.reshape(n * dim, dim))
+        # Im Tr(Q_w N) as a matmul over view_as_real(N): X reads Im N[i^w, i], Y reads ±Re N[i^w, i]
+        # (Y = [[0, -i], [i, 0]]), Z reads ±Im N[i, i].
+        column = torch.arange(dim).expand(n, dim)
+        reads = [((flip * dim + column) * 2 + 1, torch.ones(n, dim))]
+        if self.ansatz == "strong":
+            reads += [((flip * dim + column) * 2, sign), ((column * dim + column) * 2 + 1, -sign)]
+        trace_matrix = torch.zeros(2 * dim * dim, n, len(reads))
+        for q, (rows, signs) in enumerate(reads):
+            trace_matrix[rows, wires[:, None].expand(n, dim), q] = signs
+        self._buffer("trace_matrix", trace_matrix.reshape(2 * dim * dim, -1))
+
+    def _apply(self, fn, recurse=True):
+        # Moves and casts rebuild the per-dtype constants from the moved buffers.
+        self._cache = {}
+        return super()._apply(fn, recurse)
+
+    def _constants(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Buffers in the compute dtype (indices as they are), built once per dtype and device."""
+        key = (dtype, self.weights.device)
+        if key not in self._cache:
+            constants = {}
+            for name, buffer in self.named_buffers(recurse=False):
+                constants[name] = buffer.to(dtype) if buffer.is_floating_point() else buffer
+            # Quarter turns are stored as integers so that π/2 is exact in any dtype.
+            constants["angle_offsets"] = self.angle_turns.to(dtype) * (math.pi / 2)
+            constants["embedding_offsets"] = self.embedding_turns.to(dtype) * (math.pi / 2)
+            self._cache[key] = constants
+        return self._cache[key]
+
+    def uses_fused(self, batch: int) -> bool:
+        """Whether a batch of this size goes through the fused unitary (``self.fused`` overrides)."""
+        if self.n_qubits > FUSED_MAX_QUBITS:
+            return False
+        if self.fused is not None:
+            return self.fused
+        return self.n_qubits < FUSED_MAX_QUBITS or batch < FUSED_MAX_BATCH_AT_MAX_QUBITS
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         lead = inputs.shape[:-1]
         x = inputs.reshape(-1, self.n_qubits)
         dtype = torch.promote_types(x.dtype, self.weights.dtype)
-        state = self._embed(x.to(dtype))
-        if state.shape[0] >= state.shape[1]:
-            dim = state.shape[1]
-            identity = torch.eye(dim, dtype=state.dtype, device=state.device)
-            state = state @ self._apply_layers(identity)
+        x, weights = x.to(dtype), self.weights.to(dtype)
+        if self.uses_fused(x.shape[0]):
+            out = _FusedCircuit.apply(x, weights, self)
         else:
-            state = self._apply_layers(state)
-        probs = state.real.square() + state.imag.square()
-        return (probs @ self.z_signs.to(probs.dtype)).reshape(*lead, self.n_qubits)
+            out = self._apply_gates(x, weights, self._constants(dtype))
+        return out.reshape(*lead, self.n_qubits)
 
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        # R(x)|0> is the first column of the rotation matrix.
-        columns = _rotation(self.embedding, x)[..., 0]
-        state = columns[:, 0]
-        for wire in range(1, self.n_qubits):
-            state = (state[:, :, None] * columns[:, None, wire]).reshape(x.shape[0], -1)
-        return state
+    def _gates(self, weights: torch.Tensor, c: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sines of the angle table and complex ``(n_layers, n_qubits, 2, 2)`` gate matrices."""
+        n_layers, n = weights.shape[:2]
+        sines = torch.sin(torch.addmm(c["angle_offsets"], weights.reshape(n_layers * n, -1), c["angle_map"]))
+        mix = c["mix"]
+        parts = torch.bmm(sines[:, : mix.shape[1]].reshape(n_layers, n, -1), mix)
+        return sines, torch.view_as_complex(parts.reshape(n_layers, n, 2, 2, 2))
 
-    def _apply_layers(self, states: torch.Tensor) -> torch.Tensor:
-        """Apply every trainable layer to a batch of row states ``(B, 2^n)``."""
-        weights = self.weights.to(states.real.dtype)
-        if self.ansatz == "basic":
-            gates = _rotation("X", weights)
-        else:
-            gates = _rot(weights[..., 0], weights[..., 1], weights[..., 2])
-        batch, n = states.shape[0], self.n_qubits
-        for layer in range(gates.shape[0]):
-            for wire in range(n):
-                view = states.reshape(batch, 2**wire, 2, 2 ** (n - 1 - wire))
-                states = torch.einsum("ij,bljr->blir", gates[layer, wire], view).reshape(batch, -1)
-            states = states[:, self.perms[layer]]
-        return states
+    def _embedding_factors(self, x: torch.Tensor, c: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Real one-qubit states ``(n, 2, B)`` of the embedding (its phases live in the first layer)."""
+        return torch.sin(torch.add(c["embedding_offsets"], x.T.contiguous()[:, None, :], alpha=self.embedding_scale))
+
+    def _embedding_grad(self, amplitudes: torch.Tensor, half_grad: torch.Tensor, c: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Input gradient ``(B, n)`` from half the gradient of the ``(2^n, B)`` product-state amplitudes."""
+        batch = amplitudes.shape[1]
+        if self.embedding_scale == 0.0:
+            return amplitudes.new_zeros(batch, self.n_qubits)
+        flipped = (c["flip_matrix"] @ amplitudes).reshape(self.n_qubits, -1, batch)
+        grad = (flipped * half_grad).sum(1).T
+        return grad if self.embedding_scale == 0.5 else grad.mul_(2 * self.embedding_scale)
+
+    def _apply_gates(self, x: torch.Tensor, weights: torch.Tensor, c: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Gate-by-gate path (ordinary autograd), states as ``(2^n, B)`` complex columns."""
+        n, batch = self.n_qubits, x.shape[0]
+        gates = self._gates(weights, c)[1]
+        # The first layer acts on the product state, which stays a product state.
+        factors = gates[0] @ self._embedding_factors(x, c).to(gates.dtype)
+        states = factors[0]
+        for wire in range(1, n):
+            states = (states[:, None, :] * factors[wire][None]).reshape(-1, batch)
+        for layer in range(1, gates.shape[0]):
+            states = states[self.perms[layer - 1]]
+            for start in range(0, n, GROUP_WIRES):
+                matrix = gates[layer, start]
+                for wire in range(start + 1, min(start + GROUP_WIRES, n)):
+                    size = 2 * matrix.shape[0]
+                    matrix = (matrix[:, None, :, None] * gates[layer, wire][None, :, None, :]).reshape(size, size)
+                states = torch.matmul(matrix, states.reshape(2**start, matrix.shape[0], -1)).reshape(-1, batch)
+        probs = states.real.square() + states.imag.square()
+        return (c["z_signs"].T @ probs).T

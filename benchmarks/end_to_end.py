@@ -1,0 +1,197 @@
+"""Wall time of ``qlit cv`` against a plain PyTorch loop with a PennyLane ``default.qubit`` TorchLayer.
+
+Both sides run the same config (default ``configs/genomic.yaml``) as separate processes, so both
+pay for interpreter start-up and imports:
+
+* ``qlit cv --config <config>``: Lightning, the config's backend (``qlit``), every fold trained and
+  tested with its best checkpoint, beside the classical twin and logistic regression, plus
+  TensorBoard logs, checkpoints, figures and the summary files;
+* the plain loop (the prototype's approach): for every fold, the same data module (same folds, same
+  preprocessing fit on the training rows), ``HybridNet`` with ``backend="default.qubit"``
+  (``diff_method="backprop"``, a ``qml.qnn.TorchLayer``), Adam and ReduceLROnPlateau with the config's
+  settings, the config's batch size and epochs, validation every epoch, the best-by-``val_loss``
+  weights tested; then the same classical twin and logistic regression. No logging, checkpoints or
+  figures.
+
+    python benchmarks/end_to_end.py                 # full config (120 epochs: tens of minutes)
+    python benchmarks/end_to_end.py --epochs 10     # both sides shortened equally
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "configs" / "genomic.yaml"
+
+
+def run_qlit_cv(config: Path, epochs: int | None, env: dict[str, str]) -> float:
+    """Wall seconds of ``python -m qlit cv`` in a scratch folder (its outputs are thrown away)."""
+    command = [sys.executable, "-m", "qlit", "cv", "--config", str(config),
+               "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+    if epochs is not None:
+        command.append(f"--trainer.max_epochs={epochs}")
+    with tempfile.TemporaryDirectory(prefix="qlit_e2e_") as scratch:
+        start = time.perf_counter()
+        done = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True)
+        elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
+        raise SystemExit(f"qlit cv failed with exit status {done.returncode}")
+    summary = [line for line in done.stdout.splitlines() if line.startswith("| hybrid") or "fold " in line]
+    for line in summary:
+        print(f"    {line}", file=sys.stderr)
+    return elapsed
+
+
+def run_plain(config: Path, epochs: int | None, backend: str, env: dict[str, str]) -> tuple[float, dict]:
+    """Wall seconds and results of the plain loop, run as its own process like ``qlit cv``."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--plain-only", "--config", str(config), "--backend", backend]
+    if epochs is not None:
+        command += ["--epochs", str(epochs)]
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
+        raise SystemExit(f"the plain loop failed with exit status {done.returncode}")
+    return elapsed, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def plain_cross_validation(config_path: Path, epochs: int | None, backend: str) -> dict:
+    """The prototype's loop: every fold, hybrid and classical twin trained by hand, then logistic regression."""
+    import numpy as np
+    import torch
+    import yaml
+    from sklearn.linear_model import LogisticRegression
+
+    from qlit.models import HybridNet
+
+    config = yaml.safe_load(config_path.read_text())
+    model_args, trainer_args = config["model"], config["trainer"]
+    module_name, class_name = config["data"]["class_path"].rsplit(".", 1)
+    data_class = getattr(importlib.import_module(module_name), class_name)
+    data_args = dict(config["data"].get("init_args", {}))
+    max_epochs = epochs if epochs is not None else trainer_args["max_epochs"]
+    seed = config.get("seed_everything", 0) or 0
+
+    def loss_fn(logits: torch.Tensor, y: torch.Tensor, binary: bool) -> torch.Tensor:
+        if binary:
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits.squeeze(-1), y.float())
+        return torch.nn.functional.nll_loss(torch.log_softmax(logits, -1), y)
+
+    def evaluate(net, dataset, batch_size: int, binary: bool) -> tuple[float, float]:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+        total, correct, count = 0.0, 0, 0
+        with torch.no_grad():
+            for x, y in loader:
+                logits = net(x)
+                total += loss_fn(logits, y, binary).item() * len(y)
+                predicted = (logits.squeeze(-1) > 0).long() if binary else logits.argmax(-1)
+                correct += int((predicted == y).sum())
+                count += len(y)
+        return total / count, correct / count
+
+    def train(core: str, data) -> float:
+        torch.manual_seed(seed)
+        binary = data.num_classes == 2
+        net = HybridNet(
+            data.num_features, data.num_classes, model_args["n_qubits"], model_args["n_layers"], model_args["ansatz"],
+            model_args["embedding"], backend, model_args.get("diff_method", "backprop"), core,
+        )
+        optimizer = torch.optim.Adam(net.parameters(), lr=model_args["lr"], weight_decay=model_args.get("weight_decay", 0.0))
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=model_args["lr_factor"], patience=model_args["lr_patience"]
+        )
+        train_set = data.train_dataloader().dataset
+        val_set, test_set = data.val_dataloader().dataset, data.test_dataloader().dataset
+        loader = torch.utils.data.DataLoader(
+            train_set, batch_size=data.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+        )
+        best_loss, best_state = float("inf"), copy.deepcopy(net.state_dict())
+        for _ in range(max_epochs):
+            net.train()
+            for x, y in loader:
+                optimizer.zero_grad()
+                loss_fn(net(x), y, binary).backward()
+                optimizer.step()
+            net.eval()
+            val_loss, _ = evaluate(net, val_set, data.batch_size, binary)
+            scheduler.step(val_loss)
+            if val_loss < best_loss:
+                best_loss, best_state = val_loss, copy.deepcopy(net.state_dict())
+        net.load_state_dict(best_state)
+        return evaluate(net, test_set, data.batch_size, binary)[1]
+
+    results: dict[str, list[float]] = {"hybrid": [], "classical_twin": [], "logistic_regression": []}
+    for fold in range(data_args.get("num_folds", 5)):
+        data = data_class(**{**data_args, "fold": fold})
+        data.setup("fit")
+        results["hybrid"].append(train("quantum", data))
+        results["classical_twin"].append(train("classical", data))
+        x_train, y_train = data.train_dataloader().dataset.tensors
+        x_test, y_test = data.test_dataloader().dataset.tensors
+        regression = LogisticRegression(max_iter=5000).fit(x_train.numpy(), y_train.numpy())
+        results["logistic_regression"].append(float(np.mean(regression.predict(x_test.numpy()) == y_test.numpy())))
+    return {name: float(np.mean(values)) for name, values in results.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    parser.add_argument("--epochs", type=int, default=None, help="override max_epochs on both sides")
+    parser.add_argument("--backend", default="default.qubit", help="PennyLane device of the plain loop")
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for both processes (default: inherited)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    config = args.config.resolve()
+
+    if args.plain_only:
+        print(json.dumps(plain_cross_validation(config, args.epochs, args.backend)))
+        return 0
+
+    env = dict(os.environ)
+    if args.threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    print(f"qlit cv --config {config.name}" + (f" (max_epochs={args.epochs})" if args.epochs else ""), file=sys.stderr)
+    qlit_seconds = run_qlit_cv(config, args.epochs, env)
+    print(f"  {qlit_seconds:.1f} s", file=sys.stderr)
+    print(f"plain PyTorch loop with a {args.backend} TorchLayer", file=sys.stderr)
+    plain_seconds, accuracies = run_plain(config, args.epochs, args.backend, env)
+    print(f"  {plain_seconds:.1f} s", file=sys.stderr)
+
+    result = {
+        "config": str(config.relative_to(REPO) if config.is_relative_to(REPO) else config),
+        "epochs": args.epochs,
+        "threads": env.get("OMP_NUM_THREADS", "torch default"),
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "qlit_cv_seconds": qlit_seconds,
+        "plain_seconds": plain_seconds,
+        "plain_backend": args.backend,
+        "speedup": plain_seconds / qlit_seconds,
+        "plain_mean_test_acc": accuracies,
+    }
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"| run | wall time (s) |\n|---|---|")
+    print(f"| `qlit cv` (backend from the config) | {qlit_seconds:.1f} |")
+    print(f"| plain loop, `{args.backend}` TorchLayer | {plain_seconds:.1f} |")
+    print()
+    print(f"qlit cv is {result['speedup']:.2f}x faster (target >= 3x).")
+    print("Plain loop mean test accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in accuracies.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""After training: quantize a copy of the best model to INT8, compare it with float, save both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from qlit.callbacks.prediction_writer import unused_path
+from qlit.checkpoint_io import atomic_save, load_checkpoint
+from qlit.export import (
+    classifier_from_checkpoint,
+    classifier_from_int8,
+    int8_artifact,
+)
+from qlit.models.classifier import HybridClassifier
+from qlit.quantize import METHOD, float_linear_bytes, int8_linear_bytes
+
+
+def accuracy(model: HybridClassifier, loader: DataLoader) -> float:
+    """Fraction of samples whose most probable class is the label."""
+    correct = total = 0
+    with torch.inference_mode():
+        for batch in loader:
+            x, y = batch[0], batch[1]
+            predicted = model.predict_proba(x.float()).argmax(dim=-1)
+            correct += int((predicted == y).sum())
+            total += len(y)
+    return correct / total if total else float("nan")
+
+
+class Int8Quantization(L.Callback):
+    """Quantize the best model's classical linear layers to INT8 after ``fit``; save and compare.
+
+    When ``fit`` ends, the best checkpoint (of the trainer's ``ModelCheckpoint``; the final
+    weights if there is none) is rebuilt into a new model: the model that was trained is never
+    touched, so later ``trainer.test(ckpt_path=...)`` or resumed fits are unaffected. Its
+    ``nn.Linear`` layers are quantized with torchao (see `qlit.quantize`), the circuit weights stay
+    float. Float and INT8 are evaluated on the data module's held-out test fold; the scalars
+    ``float_test_acc``, ``int8_test_acc``, ``float_linear_bytes`` and ``int8_linear_bytes`` go to
+    the loggers (TensorBoard) and the console. Into the run folder go the INT8 artifact (load it
+    with `qlit.load_model`) and, optionally, the float network's plain ``state_dict``. Existing
+    files are never overwritten (``model_int8_1.pt``, … instead). Only global rank 0 works.
+
+    Args:
+        filename: Name of the INT8 artifact in the run folder.
+        state_dict_filename: Name of the float ``HybridNet`` state-dict file, or ``None`` for none.
+    """
+
+    def __init__(self, filename: str = "model_int8.pt", state_dict_filename: str | None = "model.pth") -> None:
+        self.filename = filename
+        self.state_dict_filename = state_dict_filename
+        self.metrics: dict[str, float] = {}
+        self.artifact_path: Path | None = None
+        self.state_dict_path: Path | None = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, not only rank 0
+        if not trainer.is_global_zero:
+            return
+        checkpoint, source = self._best_checkpoint(trainer, pl_module)
+        float_model = classifier_from_checkpoint(checkpoint)
+        artifact = int8_artifact(checkpoint)
+        int8_model = classifier_from_int8(artifact)
+
+        metrics: dict[str, float] = {}
+        loader = self._test_loader(trainer)
+        if loader is not None:
+            metrics["float_test_acc"] = accuracy(float_model, loader)
+            metrics["int8_test_acc"] = accuracy(int8_model, loader)
+        metrics["float_linear_bytes"] = float(float_linear_bytes(float_model.net))
+        metrics["int8_linear_bytes"] = float(int8_linear_bytes(int8_model.net))
+        self.metrics = metrics
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+        out_dir = Path(log_dir or trainer.default_root_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        artifact["metrics"] = dict(metrics, source=source)
+        self.artifact_path = unused_path(out_dir / self.filename)
+        atomic_save(artifact, self.artifact_path)
+        if self.state_dict_filename:
+            self.state_dict_path = unused_path(out_dir / self.state_dict_filename)
+            atomic_save(float_model.net.state_dict(), self.state_dict_path)
+        self._report(source, metrics, loader)
+
+    def _best_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[dict[str, Any], str]:
+        callback = trainer.checkpoint_callback
+        best = getattr(callback, "best_model_path", "") if callback is not None else ""
+        if best and Path(best).is_file():
+            return load_checkpoint(best), str(best)
+        print("qlit: no best checkpoint on disk; quantizing the final weights")
+        checkpoint: dict[str, Any] = {
+            "hyper_parameters": dict(pl_module.hparams),
+            "state_dict": {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()},
+        }
+        if trainer.datamodule is not None and hasattr(trainer.datamodule, "state_dict"):
+            checkpoint[type(trainer.datamodule).__qualname__] = trainer.datamodule.state_dict()
+        return checkpoint, "final weights"
+
+    @staticmethod
+    def _test_loader(trainer: L.Trainer) -> DataLoader | None:
+        datamodule = trainer.datamodule
+        if datamodule is None:
+            print("qlit: no data module, so no held-out fold; INT8 accuracy not measured")
+            return None
+        return datamodule.test_dataloader()
+
+    def _report(self, source: str, metrics: dict[str, float], loader: DataLoader | None) -> None:
+        print(f"qlit: INT8 quantization of {source} ({METHOD})")
+        if loader is not None:
+            n = len(loader.dataset) if hasattr(loader.dataset, "__len__") else "?"
+            print(
+                f"qlit:   float_test_acc {metrics['float_test_acc']:.4f}   int8_test_acc "
+                f"{metrics['int8_test_acc']:.4f}   (test fold, {n} samples)"
+            )
+        ratio = metrics["float_linear_bytes"] / metrics["int8_linear_bytes"]
+        print(
+            f"qlit:   float_linear_bytes {metrics['float_linear_bytes']:.0f}   int8_linear_bytes "
+            f"{metrics['int8_linear_bytes']:.0f}   ({ratio:.2f}x smaller, scales included)"
+        )
+        written = [p for p in (self.artifact_path, self.state_dict_path) if p is not None]
+        print(f"qlit: wrote {' and '.join(str(p) for p in written)}")

@@ -1,0 +1,108 @@
+"""Figures for cross-validation reports, drawn with matplotlib's Agg canvas (no display, no pyplot).
+
+Each function returns a `matplotlib.figure.Figure`; `save_png` writes it to a file and
+`log_image` sends it to TensorBoard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+# Colour-blind-safe qualitative palette (Okabe & Ito), enough for qlit's populations and species.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
+    """Counts of true (rows) against predicted (columns) classes, each cell annotated."""
+    matrix = np.asarray(matrix)
+    n = len(class_names)
+    fig = _figure(max(3.2, 1.4 + 0.7 * n), max(3.0, 1.4 + 0.6 * n))
+    ax = fig.add_subplot()
+    ax.imshow(matrix, cmap="Blues", vmin=0)
+    ax.set_xticks(range(n), class_names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    threshold = matrix.max() / 2 if matrix.size and matrix.max() > 0 else 1
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center",
+                    color="white" if matrix[i, j] > threshold else "black")
+    return fig
+
+
+def pca_scatter_figure(
+    scores: np.ndarray, labels: np.ndarray, test_mask: np.ndarray, class_names: Sequence[str], title: str
+) -> Figure:
+    """Individuals on the first two principal components, coloured by class; test rows as crosses."""
+    fig = _figure(6.0, 4.8)
+    ax = fig.add_subplot()
+    for c, name in enumerate(class_names):
+        colour = PALETTE[c % len(PALETTE)]
+        rows = labels == c
+        fitted, tested = rows & ~test_mask, rows & test_mask
+        ax.scatter(scores[fitted, 0], scores[fitted, 1], s=10, alpha=0.6, color=colour, label=name)
+        ax.scatter(scores[tested, 0], scores[tested, 1], s=22, marker="x", color=colour)
+    ax.scatter([], [], s=22, marker="x", color="grey", label="test fold")
+    ax.set_xlabel("PC1")
+    ax.set_ylabel("PC2")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, markerscale=1.5, loc="best")
+    return fig
+
+
+def fold_bars_figure(
+    folds: Sequence[int], series: dict[str, Sequence[float]], title: str, ylabel: str = "test accuracy"
+) -> Figure:
+    """Grouped bars: one group per fold plus a "mean" group, one bar per model (mean bars with ±1 sd)."""
+    n_models = len(series)
+    labels = [f"fold {k}" for k in folds] + ["mean"]
+    fig = _figure(max(4.5, 1.2 + 0.9 * len(labels)), 4.2)
+    ax = fig.add_subplot()
+    width = 0.8 / n_models
+    x = np.arange(len(labels))
+    for m, (name, values) in enumerate(series.items()):
+        values = np.asarray(values, dtype=float)
+        sd = values.std(ddof=1) if len(values) > 1 else 0.0
+        offset = x + (m - (n_models - 1) / 2) * width
+        ax.bar(offset, np.append(values, values.mean()), width, color=PALETTE[m % len(PALETTE)], label=name)
+        ax.errorbar(offset[-1], values.mean(), yerr=sd, color="black", capsize=3)
+    ax.set_xticks(x, labels)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=n_models, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def figure_pixels(fig: Figure) -> np.ndarray:
+    """The rendered figure as an ``(H, W, 3)`` uint8 array."""
+    canvas = fig.canvas
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_png(fig: Figure, path: str | Path) -> Path:
+    """Write the figure as a PNG (creating the folder); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def log_image(experiment, tag: str, fig: Figure, step: int = 0) -> None:
+    """Add the figure to a TensorBoard ``SummaryWriter`` as an image."""
+    experiment.add_image(tag, figure_pixels(fig), global_step=step, dataformats="HWC")

@@ -1,0 +1,105 @@
+"""Checks the ``qlit`` CLI runs before the Trainer starts, so bad input fails before any file is written.
+
+Lightning creates the run's TensorBoard folder and saves the config before it reads the data or
+restores a checkpoint. An error found only then would leave a half-started run behind, inside the
+very run folder a resumed ``fit`` or a ``test --ckpt_path best`` points at. These checks read the
+data and compare the checkpoint with the model first, and refuse to start a fresh ``fit`` in a run
+folder that already holds checkpoints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from qlit.errors import QlitError
+
+_ARCHITECTURE = ("in_features", "num_classes", "n_qubits", "n_layers", "ansatz", "core")
+
+
+def preflight(cli: Any, subcommand: str) -> None:
+    """Validate the data, the checkpoint and the run folder of a parsed ``qlit`` command.
+
+    Args:
+        cli: The `QlitCLI`, with its model, data module and trainer instantiated.
+        subcommand: ``fit``, ``validate``, ``test`` or ``predict``.
+
+    Raises:
+        QlitError: naming the data value, file or checkpoint at fault.
+    """
+    config = cli.config[subcommand]
+    if cli.datamodule is not None:
+        cli.datamodule.setup(subcommand)
+    ckpt_path = config.get("ckpt_path")
+    checkpoint = getattr(cli, "_checkpoint", None)
+    if ckpt_path and checkpoint is not None:
+        check_checkpoint_fits(checkpoint, Path(ckpt_path), cli.model, cli.datamodule, subcommand)
+    if subcommand == "fit" and not ckpt_path:
+        _check_fresh_run_folder(config)
+
+
+def check_checkpoint_fits(checkpoint: dict[str, Any], path: Path, model: Any, datamodule: Any, subcommand: str) -> None:
+    """Raise a `QlitError` unless ``checkpoint`` loads into ``model`` and matches ``datamodule``."""
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict):
+        raise QlitError(f"{path} is not a Lightning checkpoint: it has no state_dict")
+    expected = model.state_dict()
+    problem = None
+    for name, tensor in expected.items():
+        if name not in state:
+            problem = f"it has no {name}"
+        elif not hasattr(state[name], "shape") or tuple(state[name].shape) != tuple(tensor.shape):
+            found = tuple(getattr(state[name], "shape", ()))
+            problem = f"{name} has shape {found} there but {tuple(tensor.shape)} in this model"
+        if problem:
+            break
+    if problem is None:
+        unexpected = sorted(set(state) - set(expected))
+        problem = f"it has a parameter this model lacks, {unexpected[0]}" if unexpected else None
+    if problem is not None:
+        raise QlitError(f"{path} was trained with a different architecture{_hparam_diff(checkpoint, model)}: {problem}")
+    if datamodule is None:
+        return
+    data_state = checkpoint.get(type(datamodule).__qualname__)
+    if not isinstance(data_state, dict):
+        saved = [key for key, value in checkpoint.items() if isinstance(value, dict) and "preprocessing" in value]
+        raise QlitError(
+            f"{path} was trained on {saved[0] if saved else 'other data'}, not {type(datamodule).__name__}; "
+            "use the config the checkpoint was trained with"
+        )
+    raw = data_state.get("raw_features")
+    if raw is not None and raw != datamodule.raw_features:
+        raise QlitError(f"{path} was trained on data with {raw} raw features; this data has {datamodule.raw_features}")
+    names = data_state.get("class_names")
+    if subcommand != "predict" and names is not None and list(names) != list(datamodule.class_names):
+        raise QlitError(f"{path} was trained on classes {list(names)}; this data has {list(datamodule.class_names)}")
+
+
+def _hparam_diff(checkpoint: dict[str, Any], model: Any) -> str:
+    saved = checkpoint.get("hyper_parameters") or {}
+    current = getattr(model, "hparams", {})
+    diffs = [
+        f"{key}={saved[key]!r} there, {current[key]!r} here"
+        for key in _ARCHITECTURE
+        if key in saved and key in current and saved[key] != current[key]
+    ]
+    return f" ({'; '.join(diffs)})" if diffs else ""
+
+
+def _check_fresh_run_folder(config: Any) -> None:
+    """A new ``fit`` must not write its checkpoints over those of a run that is already there."""
+    loggers = config.trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        if not str(getattr(logger, "class_path", "") or "").endswith("TensorBoardLogger"):
+            continue
+        args = logger.init_args
+        version = args.get("version")
+        if version is None:
+            continue
+        version_dir = version if isinstance(version, str) else f"version_{version}"
+        folder = Path(args.save_dir) / (args.get("name") or "") / version_dir
+        if any((folder / "checkpoints").glob("*.ckpt")):
+            raise QlitError(
+                f"{folder} already holds checkpoints of an earlier run; resume it with --ckpt_path last "
+                "or leave trainer.logger.init_args.version unset for a new run"
+            )

@@ -1,0 +1,195 @@
+"""``qlit cv``: every fold trained on its own split, baselines beside it, summaries people can read."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from scipy import stats
+from sklearn.metrics import confusion_matrix
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from qlit.cli import QlitCLI, main
+from qlit.cv import cv_folder_name
+from qlit.data import IrisDataModule, SNPDataModule
+from qlit.models import HybridClassifier
+from tests.conftest import CONFIGS, QUICK
+
+IRIS = str(CONFIGS / "iris.yaml")
+GENOMIC = str(CONFIGS / "genomic.yaml")
+FOLDS = 3
+
+
+def images(run_dir: Path) -> list[str]:
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0})
+    events.Reload()
+    return events.Tags()["images"]
+
+
+@pytest.fixture(scope="module")
+def iris_cv(tmp_path_factory) -> tuple[Path, dict, str]:
+    """One small Iris cv run (3 folds, 3 epochs): its folder, its summary and what it printed."""
+    root = tmp_path_factory.mktemp("cv")
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.chdir(root)
+        # lr 0.1 so that three epochs learn something: a constant classifier would make weak checks
+        main(["cv", "--config", IRIS, "--trainer.max_epochs=3", "--model.lr=0.1", f"--data.init_args.num_folds={FOLDS}",
+              *QUICK])
+    summary = json.loads((root / "lightning_logs" / "iris" / "cv_summary.json").read_text())
+    return root, summary, printed.getvalue()
+
+
+def test_cv_summary_schema_and_statistics(iris_cv):
+    root, summary, printed = iris_cv
+    assert summary["metric"] == "test_acc" and summary["num_folds"] == FOLDS
+    models = {"hybrid": summary, **summary["baselines"]}
+    assert set(summary["baselines"]) == {"classical_twin", "logistic_regression"}
+    t = stats.t.ppf(0.975, FOLDS - 1)
+    assert t == pytest.approx(4.303, abs=1e-3)  # Student t, 2 dof: the tables' value
+    for name, result in models.items():
+        folds = result["folds"]
+        assert [f["fold"] for f in folds] == list(range(FOLDS)), name
+        for record in folds:
+            assert 0 <= record["test_acc"] <= 1 and record["test_loss"] > 0 and record["n_test"] > 0, name
+        acc = np.array([f["test_acc"] for f in folds])
+        assert result["test_acc_mean"] == pytest.approx(acc.mean())
+        assert result["test_acc_std"] == pytest.approx(acc.std(ddof=1))
+        half = t * acc.std(ddof=1) / math.sqrt(FOLDS)
+        assert result["test_acc_ci95"] == pytest.approx([max(0, acc.mean() - half), min(1, acc.mean() + half)])
+    n_test = [f["n_test"] for f in summary["folds"]]
+    assert n_test == [f["n_test"] for f in summary["baselines"]["logistic_regression"]["folds"]]
+
+    # one line per fold as it finishes, then the table that is also cv_summary.md
+    fold_lines = [line for line in printed.splitlines() if line.startswith("qlit cv: fold ")]
+    assert len(fold_lines) == FOLDS
+    table = (root / "lightning_logs" / "iris" / "cv_summary.md").read_text()
+    assert table in printed
+    rows = [line for line in table.splitlines() if re.match(r"\| \d+ \| \d+ \|", line)]
+    assert len(rows) == FOLDS
+    for row, hybrid, twin, lr in zip(rows, *(m["folds"] for m in models.values())):
+        assert row.split("|")[3:6] == [f" {r['test_acc']:.3f} " for r in (hybrid, twin, lr)]
+    assert f"{summary['test_acc_mean']:.3f} ± {summary['test_acc_std']:.3f}" in table
+
+
+def test_cv_pictures_and_tensorboard(iris_cv):
+    root, summary, _ = iris_cv
+    cv_dir = root / "lightning_logs" / "iris"
+    for png in ("cv_test_acc.png", "confusion_matrix.png"):
+        assert (cv_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    for k in range(FOLDS):
+        for run_dir in (cv_dir / f"fold_{k}", cv_dir / "classical_twin" / f"fold_{k}"):
+            assert (run_dir / "confusion_matrix.png").is_file()
+            assert "test/confusion_matrix" in images(run_dir)
+            assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+        best = Path("lightning_logs/iris") / f"fold_{k}" / "checkpoints" / "best.ckpt"
+        assert summary["folds"][k]["best_checkpoint"] == str(best)
+    assert np.sum([f["confusion_matrix"] for f in summary["folds"]]) == 100
+
+
+def test_each_fold_trains_and_tests_on_its_own_split(iris_cv):
+    """The LightningCLI trap: re-instantiating from one cached config would train fold 0 k times."""
+    root, summary, _ = iris_cv
+    test_sets = [set(f["test_indices"]) for f in summary["folds"]]
+    assert sum(len(s) for s in test_sets) == 100 == len(set().union(*test_sets))  # disjoint, all samples
+    assert set().union(*test_sets) == set(range(100))
+
+    means = []
+    for k, record in enumerate(summary["folds"]):
+        assert record["data_fold"] == k  # read off the datamodule the trainer used
+        for run_dir in (root / record["log_dir"], root / summary["baselines"]["classical_twin"]["folds"][k]["log_dir"]):
+            config = yaml.safe_load((run_dir / "config.yaml").read_text())
+            assert config["data"]["init_args"]["fold"] == k
+            data = IrisDataModule(**config["data"]["init_args"])
+            data.setup("fit")
+            assert data.indices["test"].tolist() == record["test_indices"]
+
+            # the preprocessing saved at training time was fit on fold k's own training rows
+            checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+            saved_mean = checkpoint["IrisDataModule"]["preprocessing"]["scale_mean"].numpy()
+            np.testing.assert_allclose(saved_mean, data.x[data.indices["train"]].mean(0))
+            means.append(saved_mean)
+
+        # fold k's best checkpoint, on fold k's test rows, gives the accuracy the summary reports
+        model = HybridClassifier.load_from_checkpoint(root / record["best_checkpoint"])
+        checkpoint = torch.load(root / record["best_checkpoint"], weights_only=True)
+        data.preprocessor.load_state_dict(checkpoint["IrisDataModule"]["preprocessing"])
+        x, y = next(iter(torch.utils.data.DataLoader(data.test_dataloader().dataset, batch_size=1000)))
+        model.eval()
+        with torch.no_grad():
+            predicted = model.predict_proba(x).argmax(-1)
+        assert confusion_matrix(y, predicted).tolist() == record["confusion_matrix"]
+        assert (predicted == y).float().mean().item() == pytest.approx(record["test_acc"], abs=1e-6)
+        twin = yaml.safe_load((root / summary["baselines"]["classical_twin"]["folds"][k]["config"]).read_text())
+        assert twin["model"]["core"] == "classical"
+    assert not np.allclose(means[0], means[2])  # different folds, different training rows
+
+
+def test_fold_config_reproduces_its_fold(iris_cv, monkeypatch):
+    root, summary, _ = iris_cv
+    monkeypatch.chdir(root)
+    fold_dir = Path("lightning_logs/iris/fold_1")
+    cv_checkpoint = hashlib.sha256((fold_dir / "checkpoints" / "best.ckpt").read_bytes()).hexdigest()
+
+    main(["fit", "--config", str(fold_dir / "config.yaml"), *QUICK])
+    cli = QlitCLI(args=["test", "--config", str(fold_dir / "config.yaml"), "--ckpt_path", "best", *QUICK])
+
+    assert cli.trainer.log_dir == str(fold_dir / "version_0")  # the re-run has its own folder
+    assert cli.trainer.callback_metrics["test_acc"].item() == pytest.approx(summary["folds"][1]["test_acc"], abs=1e-6)
+    assert cli.trainer.callback_metrics["test_loss"].item() == pytest.approx(summary["folds"][1]["test_loss"], rel=1e-5)
+    assert hashlib.sha256((fold_dir / "checkpoints" / "best.ckpt").read_bytes()).hexdigest() == cv_checkpoint
+
+
+def test_second_cv_keeps_the_first_and_plots_snp_pca(tmp_path: Path):
+    earlier = tmp_path / "lightning_logs" / "genomic"
+    (earlier / "fold_0").mkdir(parents=True)
+    (earlier / "cv_summary.json").write_text('{"earlier": true}\n')
+    assert cv_folder_name(tmp_path / "lightning_logs", "genomic") == "genomic/cv_1"
+
+    main([
+        "cv", "--config", GENOMIC, "--trainer.max_epochs=1", "--data.init_args.num_folds=2",
+        "--data.init_args.n_individuals=100", "--data.init_args.n_snps=20", *QUICK,
+    ])
+    assert (earlier / "cv_summary.json").read_text() == '{"earlier": true}\n'
+    assert sorted(p.name for p in (earlier / "fold_0").iterdir()) == []
+    summary = json.loads((earlier / "cv_1" / "cv_summary.json").read_text())
+    assert summary["experiment"] == "genomic/cv_1" and summary["class_names"] == list(SNPDataModule().class_names)
+    for k in range(2):
+        run_dir = earlier / "cv_1" / f"fold_{k}"
+        assert (run_dir / "pca.png").is_file()
+        assert {"data/pca", "test/confusion_matrix"} <= set(images(run_dir))
+    assert cv_folder_name(tmp_path / "lightning_logs", "genomic") == "genomic/cv_2"
+
+
+def test_cv_refuses_a_run_without_checkpoints(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cv", "--config", IRIS, "--trainer.fast_dev_run=true", *QUICK])
+    assert exit_info.value.code == 2
+    assert "qlit: error: qlit cv tests each fold's best checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("config", "extra", "check"),
+    [
+        (IRIS, [], lambda s: s["test_acc_mean"] >= 0.97),
+        (GENOMIC, [], lambda s: s["test_acc_mean"] >= s["baselines"]["logistic_regression"]["test_acc_mean"] - 0.03),
+        (GENOMIC, ["--data.init_args.structure=none"],
+         lambda s: max(s["test_acc_mean"], *(b["test_acc_mean"] for b in s["baselines"].values())) <= 0.30),
+    ],
+    ids=["iris", "genomic", "genomic-null"],
+)
+def test_acceptance(tmp_path: Path, config: str, extra: list[str], check):
+    main(["cv", "--config", config, *extra, *QUICK])
+    name = yaml.safe_load(Path(config).read_text())["trainer"]["logger"]["init_args"]["name"]
+    assert check(json.loads((tmp_path / "lightning_logs" / name / "cv_summary.json").read_text()))

@@ -1,0 +1,96 @@
+"""Two-process DDP on CPU trains the same model one process does, with one writer and reduced metrics.
+
+With ``batch_size=16`` per process, two processes take the same optimiser steps on the same 32
+samples as one process with ``batch_size=32``: Lightning's ``DistributedSampler`` and qlit's
+single-process sampler draw the same ``seed + epoch`` permutation, and DDP averages the two
+half-batch gradients into the full-batch one. So the DDP run must log (up to float rounding) the
+metrics of the single-process run, which only holds if the metrics are reduced over both processes.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from qlit.cli import QlitCLI
+from tests.conftest import CONFIGS, QUICK
+
+GENOMIC = str(CONFIGS / "genomic.yaml")
+EPOCHS = 3
+VAL_ROWS = 160  # genomic: 1000 individuals, test fold 200, validation 20% of the other 800
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    with path.open(newline="") as handle:
+        return list(csv.reader(handle))[1:]
+
+
+def qlit_subprocess(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "qlit", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_two_process_ddp_matches_one_process(in_tmp_path: Path, monkeypatch):
+    ddp_dir = in_tmp_path / "ddp"
+    ddp_dir.mkdir()
+    ddp_args = [
+        "fit", "--config", GENOMIC,
+        "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
+        f"--trainer.max_epochs={EPOCHS}", "--data.init_args.batch_size=16", *QUICK,
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("QLIT_DEBUG", "PL_GLOBAL_SEED")}
+    proc = qlit_subprocess(ddp_args, ddp_dir, env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "Starting with 2 processes" in proc.stdout + proc.stderr
+
+    # one process wrote: one run folder, one event file, one config, no duplicates or leftovers
+    experiment = ddp_dir / "lightning_logs" / "genomic"
+    assert [p.name for p in experiment.iterdir()] == ["version_0"]
+    run = experiment / "version_0"
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1
+    assert sorted(p.name for p in run.glob("config*.yaml")) == ["config.yaml"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert not [p for p in run.iterdir() if "_1." in p.name], "a second process wrote a file again"
+    ddp = scalars(run)
+    assert len(ddp["val_acc"]) == EPOCHS and len(ddp["train_loss"]) == EPOCHS
+
+    # the same training in one process
+    single_dir = in_tmp_path / "single"
+    single_dir.mkdir()
+    monkeypatch.chdir(single_dir)
+    single = QlitCLI(args=["fit", "--config", GENOMIC, f"--trainer.max_epochs={EPOCHS}", *QUICK])
+    metrics = {k: float(v) for k, v in single.trainer.callback_metrics.items()}
+    assert single.trainer.global_step == EPOCHS * 20  # 640 training rows / 32
+    assert ddp["val_loss"][-1] == pytest.approx(metrics["val_loss"], abs=1e-3)
+    assert ddp["train_loss"][-1] == pytest.approx(metrics["train_loss"], abs=1e-3)
+    assert abs(ddp["val_acc"][-1] - metrics["val_acc"]) <= 1.5 / VAL_ROWS
+    assert ddp["val_acc"][-1] > 0.5, "five populations: chance is 0.2"
+
+    # reduced metrics: the DDP run's last logged val_acc is the accuracy over the whole validation set
+    last = run / "checkpoints" / "last.ckpt"
+    check = QlitCLI(args=["validate", "--config", GENOMIC, f"--ckpt_path={last}", *QUICK])
+    assert ddp["val_acc"][-1] == pytest.approx(float(check.trainer.callback_metrics["val_acc"]), abs=1e-6)
+    assert ddp["val_loss"][-1] == pytest.approx(float(check.trainer.callback_metrics["val_loss"]), abs=1e-5)
+
+    # predict under DDP: both processes' shards end up in one file, in order, as one process writes it
+    predict = ["predict", "--config", GENOMIC, "--trainer.strategy=ddp", "--trainer.devices=2", "--ckpt_path=last"]
+    proc = qlit_subprocess([*predict, *QUICK], ddp_dir, env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    QlitCLI(args=["predict", "--config", GENOMIC, f"--ckpt_path={last}", *QUICK])
+    ddp_rows = read_csv(run / "predictions.csv")
+    single_rows = read_csv(next((single_dir / "lightning_logs").rglob("predictions.csv")))
+    assert len(ddp_rows) == 200 and [r[:2] for r in ddp_rows] == [r[:2] for r in single_rows]
+    for ddp_row, single_row in zip(ddp_rows, single_rows):
+        assert [float(v) for v in ddp_row[2:]] == pytest.approx([float(v) for v in single_row[2:]], abs=2e-6)
