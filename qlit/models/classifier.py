@@ -7,10 +7,15 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import Accuracy
 
 from qlit.errors import QlitError
 from qlit.models.hybrid import Core, HybridNet
+
+
+STAGES = ("train", "val", "test")
 
 
 class HybridClassifier(L.LightningModule):
@@ -69,9 +74,10 @@ class HybridClassifier(L.LightningModule):
         self.net = HybridNet(in_features, num_classes, n_qubits, n_layers, ansatz, embedding, backend, diff_method, core)
         self.binary = num_classes == 2
         task: dict[str, Any] = {"task": "binary"} if self.binary else {"task": "multiclass", "num_classes": num_classes}
-        self.train_acc = Accuracy(**task)
-        self.val_acc = Accuracy(**task)
-        self.test_acc = Accuracy(**task)
+        # Metrics accumulate per step and are logged once per epoch: `self.log` on every step costs
+        # more than a training step of these small networks.
+        self.acc = nn.ModuleDict({f"{stage}_acc": Accuracy(**task) for stage in STAGES})
+        self.mean_loss = nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in STAGES})
 
     @property
     def class_names(self) -> list[str]:
@@ -101,12 +107,27 @@ class HybridClassifier(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = self._loss(logits, y)
-        metric = getattr(self, f"{stage}_acc")
         # torchmetrics reads binary inputs inside [0, 1] as probabilities, so never hand it raw logits.
-        metric(torch.sigmoid(logits) if self.binary else logits, y)
-        self.log(f"{stage}_loss", loss, prog_bar=stage != "train", on_step=False, on_epoch=True, sync_dist=True)
-        self.log(f"{stage}_acc", metric, prog_bar=True, on_step=False, on_epoch=True)
+        self.acc[f"{stage}_acc"].update(torch.sigmoid(logits) if self.binary else logits, y)
+        self.mean_loss[f"{stage}_loss"].update(loss.detach(), weight=len(y))
         return loss
+
+    def _log_epoch(self, stage: str) -> None:
+        """Log the epoch's mean loss and accuracy (torchmetrics reduces them across processes)."""
+        loss, acc = self.mean_loss[f"{stage}_loss"], self.acc[f"{stage}_acc"]
+        self.log(f"{stage}_loss", loss.compute(), prog_bar=stage != "train")
+        self.log(f"{stage}_acc", acc.compute(), prog_bar=True)
+        loss.reset()
+        acc.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
