@@ -13,7 +13,6 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from qlit import callbacks, data  # noqa: F401  (imported so configs can name their classes briefly)
 from qlit.callbacks import PredictionWriter
-from qlit.callbacks.prediction_writer import unused_path
 from qlit.callbacks.safety import GracefulStop, NonFiniteGuard, TrainingInterrupted
 from qlit.checkpoint_io import install as install_checkpoint_io
 from qlit.checkpoint_io import load_checkpoint
@@ -22,7 +21,7 @@ from qlit.data import KFoldDataModule
 from qlit.errors import QlitError
 from qlit.models import HybridClassifier
 from qlit.preflight import preflight
-from qlit.runs import resolve_checkpoint, version_of
+from qlit.runs import resolve_checkpoint, unused_path, version_of
 
 DEBUG_ENV = "QLIT_DEBUG"
 
@@ -52,7 +51,9 @@ class QlitSaveConfig(SaveConfigCallback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if not self.already_saved and trainer.log_dir is not None:
             log_dir = Path(trainer.log_dir)
-            name = "config.yaml" if stage == "fit" and not (log_dir / "config.yaml").exists() else f"config_{getattr(stage, 'value', stage)}.yaml"
+            stage_name = getattr(stage, "value", stage)  # Lightning passes a TrainerFn enum
+            first_fit = stage_name == "fit" and not (log_dir / "config.yaml").exists()
+            name = "config.yaml" if first_fit else f"config_{stage_name}.yaml"
             self.config_filename = unused_path(log_dir / name).name
         super().setup(trainer, pl_module, stage)
 

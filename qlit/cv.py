@@ -41,6 +41,7 @@ from sklearn.metrics import confusion_matrix, log_loss
 
 from qlit import plots
 from qlit.errors import QlitError
+from qlit.runs import unused_path
 
 METRIC = "test_acc"
 BASELINES = {"classical_twin": "classical twin", "logistic_regression": "logistic regression"}
@@ -194,7 +195,7 @@ class _Fold:
 
     def log_figure(self, tag: str, fig, filename: str) -> Path:
         """Save ``fig`` as a PNG in the fold folder and as a TensorBoard image."""
-        path = plots.save_png(fig, _unused(self.log_dir / filename))
+        path = plots.save_png(fig, unused_path(self.log_dir / filename))
         experiment = self.tensorboard.experiment
         plots.log_image(experiment, tag, fig, step=self.cli.trainer.global_step)
         experiment.flush()
@@ -207,14 +208,6 @@ class _Fold:
 
     def close(self) -> None:
         self.tensorboard.experiment.close()
-
-
-def _unused(path: Path) -> Path:
-    candidate, n = path, 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
-    return candidate
 
 
 def _json(summary: dict[str, Any]) -> str:
@@ -327,7 +320,7 @@ def cross_validate(cli_class: type, config: Namespace, parser) -> dict[str, Any]
     with warnings.catch_warnings():
         # newer jsonargparse renames skip_none (as Lightning's own config saving still calls it)
         warnings.filterwarnings("ignore", message="skip_none parameter was deprecated")
-        parser.save(config, str(_unused(cv_dir / "cv_config.yaml")), skip_none=False, multifile=False)
+        parser.save(config, str(unused_path(cv_dir / "cv_config.yaml")), skip_none=False, multifile=False)
     print(f"qlit cv: {num_folds} folds, logging to {cv_dir}", flush=True)
 
     hybrid, twin, logistic = [], [], []
@@ -393,20 +386,20 @@ def cross_validate(cli_class: type, config: Namespace, parser) -> dict[str, Any]
             for b, records in (("classical_twin", twin), ("logistic_regression", logistic))
         },
     }
-    json_path = _unused(cv_dir / "cv_summary.json")
+    json_path = unused_path(cv_dir / "cv_summary.json")
     json_path.write_text(_json(summary))
     table = _summary_table(summary)
-    md_path = _unused(cv_dir / "cv_summary.md")
+    md_path = unused_path(cv_dir / "cv_summary.md")
     md_path.write_text(table)
 
     series = {"hybrid": [r[METRIC] for r in hybrid]}
     for key, label in BASELINES.items():
         series[label] = [r[METRIC] for r in summary["baselines"][key]["folds"]]
     bars = plots.fold_bars_figure(range(num_folds), series, f"{name}: {METRIC} per fold")
-    plots.save_png(bars, _unused(cv_dir / "cv_test_acc.png"))
+    plots.save_png(bars, unused_path(cv_dir / "cv_test_acc.png"))
     pooled = np.sum([r["confusion_matrix"] for r in hybrid], axis=0)
     plots.save_png(plots.confusion_matrix_figure(pooled, class_names, f"hybrid, all {num_folds} test folds"),
-                   _unused(cv_dir / "confusion_matrix.png"))
+                   unused_path(cv_dir / "confusion_matrix.png"))
     print("\n" + table, flush=True)
     print(f"qlit cv: wrote {json_path} and {md_path}", flush=True)
     return summary

@@ -57,3 +57,12 @@ def version_of(checkpoint: Path, experiment_dir: str | Path) -> str | None:
         return None
     parts = relative.parts
     return parts[0] if len(parts) == 3 and parts[1] == "checkpoints" else None
+
+
+def unused_path(path: Path) -> Path:
+    """``path``, or ``stem_1.suffix``, ``stem_2.suffix``, … : the first name not taken yet."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+    return candidate

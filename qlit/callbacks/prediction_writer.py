@@ -9,14 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-
-def unused_path(path: Path) -> Path:
-    """``path``, or ``stem_1.suffix``, ``stem_2.suffix``, … : the first name not taken yet."""
-    candidate, n = path, 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
-    return candidate
+from qlit.runs import unused_path
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -9,7 +9,6 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from qlit.callbacks.prediction_writer import unused_path
 from qlit.checkpoint_io import atomic_save, load_checkpoint
 from qlit.export import (
     classifier_from_checkpoint,
@@ -18,6 +17,7 @@ from qlit.export import (
 )
 from qlit.models.classifier import HybridClassifier
 from qlit.quantize import METHOD, float_linear_bytes, int8_linear_bytes
+from qlit.runs import unused_path
 
 
 def accuracy(model: HybridClassifier, loader: DataLoader) -> float:
