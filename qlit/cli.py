@@ -65,6 +65,7 @@ class QlitCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", {"callbacks": [PredictionWriter(), NonFiniteGuard(), GracefulStop()]})
         self._checkpoint: dict[str, Any] | None = None
         kwargs.setdefault("trainer_class", QlitTrainer)
+        kwargs.setdefault("parser_kwargs", {"description": "Train hybrid quantum-classical classifiers (qlit)."})
         super().__init__(
             HybridClassifier,
             KFoldDataModule,
