@@ -21,7 +21,7 @@ from qlit.data import KFoldDataModule
 from qlit.errors import QlitError
 from qlit.models import HybridClassifier
 from qlit.preflight import preflight
-from qlit.runs import resolve_checkpoint, unused_path, version_of
+from qlit.runs import resolve_checkpoint, tensorboard_loggers, unused_path, version_of
 
 DEBUG_ENV = "QLIT_DEBUG"
 
@@ -106,7 +106,7 @@ class QlitCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         if not ckpt_path:
             return
-        logger = _tensorboard_logger_args(config)
+        logger = next(iter(tensorboard_loggers(config)), None)
         experiment_dir = Path(logger.save_dir) / logger.name if logger is not None else None
         checkpoint = resolve_checkpoint(str(ckpt_path), experiment_dir)
         if checkpoint is None:
@@ -137,16 +137,6 @@ class QlitCLI(LightningCLI):
 
     def before_predict(self) -> None:
         preflight(self, "predict")
-
-
-def _tensorboard_logger_args(config) -> Any:
-    """The ``init_args`` of the config's TensorBoardLogger, or ``None`` if it has none."""
-    loggers = config.trainer.get("logger")
-    for logger in loggers if isinstance(loggers, list) else [loggers]:
-        class_path = getattr(logger, "class_path", "") or ""
-        if class_path.endswith("TensorBoardLogger"):
-            return logger.init_args
-    return None
 
 
 def main(args: list[str] | None = None) -> None:

@@ -41,7 +41,7 @@ from sklearn.metrics import confusion_matrix, log_loss
 
 from qlit import plots
 from qlit.errors import QlitError
-from qlit.runs import unused_path
+from qlit.runs import tensorboard_loggers, unused_path
 
 METRIC = "test_acc"
 BASELINES = {"classical_twin": "classical twin", "logistic_regression": "logistic regression"}
@@ -75,9 +75,9 @@ def _tensorboard_args(config: Namespace) -> Namespace:
             init_args=Namespace(save_dir=str(Path(root) / "lightning_logs"), name="cv", version=None),
         )
         return config.trainer.logger.init_args
-    for logger in loggers if isinstance(loggers, list) else [loggers]:
-        if str(getattr(logger, "class_path", "") or "").endswith("TensorBoardLogger"):
-            return logger.init_args
+    found = tensorboard_loggers(config)
+    if found:
+        return found[0]
     raise QlitError(f"qlit cv needs a TensorBoardLogger in trainer.logger, got {loggers!r}")
 
 

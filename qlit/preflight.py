@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qlit.errors import QlitError
+from qlit.runs import tensorboard_loggers
 
 _ARCHITECTURE = ("in_features", "num_classes", "n_qubits", "n_layers", "ansatz", "core")
 
@@ -88,11 +89,7 @@ def _hparam_diff(checkpoint: dict[str, Any], model: Any) -> str:
 
 def _check_fresh_run_folder(config: Any) -> None:
     """A new ``fit`` must not write its checkpoints over those of a run that is already there."""
-    loggers = config.trainer.get("logger")
-    for logger in loggers if isinstance(loggers, list) else [loggers]:
-        if not str(getattr(logger, "class_path", "") or "").endswith("TensorBoardLogger"):
-            continue
-        args = logger.init_args
+    for args in tensorboard_loggers(config):
         version = args.get("version")
         if version is None:
             continue

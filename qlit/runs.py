@@ -8,6 +8,7 @@ training, test metrics, predictions) to the version folder the checkpoint came f
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from qlit.errors import QlitError
 
@@ -66,3 +67,13 @@ def unused_path(path: Path) -> Path:
         n += 1
         candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
     return candidate
+
+
+def tensorboard_loggers(config: Any) -> list[Any]:
+    """The ``init_args`` of every TensorBoardLogger in a parsed config's ``trainer.logger``."""
+    loggers = config.trainer.get("logger")
+    return [
+        logger.init_args
+        for logger in (loggers if isinstance(loggers, list) else [loggers])
+        if str(getattr(logger, "class_path", "") or "").endswith("TensorBoardLogger")
+    ]
