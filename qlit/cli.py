@@ -10,6 +10,7 @@ from typing import Any
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+import torch
 
 from qlit import callbacks, data  # noqa: F401  (imported so configs can name their classes briefly)
 from qlit.callbacks import PredictionWriter
@@ -154,6 +155,11 @@ def main(args: list[str] | None = None) -> None:
         if cause is None or os.environ.get(DEBUG_ENV):
             raise
         _fail(str(cause))
+    finally:
+        # Lightning leaves the DDP process group up; gloo's threads still running at interpreter
+        # exit abort the process ("terminate called without an active exception").
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def _user_error(err: BaseException | None) -> QlitError | None:
