@@ -26,6 +26,7 @@ import copy
 import importlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -147,16 +148,24 @@ def plain_cross_validation(config_path: Path, epochs: int | None, backend: str) 
     return {name: float(np.mean(values)) for name, values in results.items()}
 
 
+def _each(runs: list[float]) -> str:
+    """`` (a, b, c)``: every round's seconds, after the median; nothing for a single round."""
+    return " (" + ", ".join(f"{r:.1f}" for r in runs) + ")" if len(runs) > 1 else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--epochs", type=int, default=None, help="override max_epochs on both sides")
     parser.add_argument("--backend", default="default.qubit", help="PennyLane device of the plain loop")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for both processes (default: inherited)")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of all runs, interleaved; medians are reported")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     config = args.config.resolve()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
 
     if args.plain_only:
         print(json.dumps(plain_cross_validation(config, args.epochs, args.backend)))
@@ -165,39 +174,52 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     if args.threads is not None:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
-    print(f"qlit cv --config {config.name}" + (f" (max_epochs={args.epochs})" if args.epochs else ""), file=sys.stderr)
-    qlit_seconds = run_qlit_cv(config, args.epochs, env)
-    print(f"  {qlit_seconds:.1f} s", file=sys.stderr)
-    print(f"plain PyTorch loop with a {args.backend} TorchLayer", file=sys.stderr)
-    plain_seconds, accuracies = run_plain(config, args.epochs, args.backend, env)
-    print(f"  {plain_seconds:.1f} s", file=sys.stderr)
-    # The same plain loop on qlit's simulator separates the simulator's speed-up from the cost of
-    # everything qlit cv adds around training (Lightning, logging, checkpoints, figures, exports).
-    print("plain PyTorch loop with the qlit backend (reference)", file=sys.stderr)
-    reference_seconds, _ = run_plain(config, args.epochs, "qlit", env)
-    print(f"  {reference_seconds:.1f} s", file=sys.stderr)
+    qlit_runs, plain_runs, reference_runs = [], [], []
+    # Rounds interleave the three runs, so a slow spell of a shared machine hits all of them alike.
+    for round_ in range(1, args.repeats + 1):
+        label = f" (round {round_} of {args.repeats})" if args.repeats > 1 else ""
+        print(f"qlit cv --config {config.name}" + (f" (max_epochs={args.epochs})" if args.epochs else "") + label,
+              file=sys.stderr)
+        qlit_runs.append(run_qlit_cv(config, args.epochs, env))
+        print(f"  {qlit_runs[-1]:.1f} s", file=sys.stderr)
+        print(f"plain PyTorch loop with a {args.backend} TorchLayer{label}", file=sys.stderr)
+        plain_seconds, accuracies = run_plain(config, args.epochs, args.backend, env)
+        plain_runs.append(plain_seconds)
+        print(f"  {plain_seconds:.1f} s", file=sys.stderr)
+        # The same plain loop on qlit's simulator separates the simulator's speed-up from the cost of
+        # everything qlit cv adds around training (Lightning, logging, checkpoints, figures).
+        print(f"plain PyTorch loop with the qlit backend (reference){label}", file=sys.stderr)
+        reference_runs.append(run_plain(config, args.epochs, "qlit", env)[0])
+        print(f"  {reference_runs[-1]:.1f} s", file=sys.stderr)
 
+    qlit_seconds, plain_seconds = statistics.median(qlit_runs), statistics.median(plain_runs)
+    reference_seconds = statistics.median(reference_runs)
     result = {
         "config": str(config.relative_to(REPO) if config.is_relative_to(REPO) else config),
         "epochs": args.epochs,
         "threads": env.get("OMP_NUM_THREADS", "torch default"),
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "repeats": args.repeats,
         "qlit_cv_seconds": qlit_seconds,
         "plain_seconds": plain_seconds,
         "plain_backend": args.backend,
         "plain_qlit_seconds": reference_seconds,
         "speedup": plain_seconds / qlit_seconds,
+        "speedup_per_round": [p / q for p, q in zip(plain_runs, qlit_runs)],
+        "runs": {"qlit_cv": qlit_runs, "plain": plain_runs, "plain_qlit": reference_runs},
         "plain_mean_test_acc": accuracies,
     }
     if args.json:
         print(json.dumps(result))
         return 0
-    print("| run | wall time (s) |\n|---|---|")
-    print(f"| `qlit cv` (backend from the config) | {qlit_seconds:.1f} |")
-    print(f"| plain loop, `{args.backend}` TorchLayer | {plain_seconds:.1f} |")
-    print(f"| plain loop, `qlit` backend (reference) | {reference_seconds:.1f} |")
+    what = "median wall time (s)" if args.repeats > 1 else "wall time (s)"
+    print(f"| run | {what} |\n|---|---|")
+    print(f"| `qlit cv` (backend from the config) | {qlit_seconds:.1f}{_each(qlit_runs)} |")
+    print(f"| plain loop, `{args.backend}` TorchLayer | {plain_seconds:.1f}{_each(plain_runs)} |")
+    print(f"| plain loop, `qlit` backend (reference) | {reference_seconds:.1f}{_each(reference_runs)} |")
     print()
-    print(f"Speed-up of qlit cv over the plain {args.backend} loop: {result['speedup']:.2f}x (target >= 3x).")
+    print(f"Speed-up of qlit cv over the plain {args.backend} loop: {result['speedup']:.2f}x (target >= 3x)"
+          + (f"; per round: {', '.join(f'{r:.2f}x' for r in result['speedup_per_round'])}." if args.repeats > 1 else "."))
     print(f"Speed-up of the plain loop from the qlit backend alone: {plain_seconds / reference_seconds:.2f}x.")
     print("Plain loop mean test accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in accuracies.items()))
     return 0

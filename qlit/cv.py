@@ -8,15 +8,17 @@ from one CLI with an edited fold could train fold 0 k times while the files clai
 Layout, for a TensorBoardLogger ``save_dir=lightning_logs, name=<experiment>``::
 
     lightning_logs/<experiment>/            the cv folder (``<experiment>/cv_<n>/`` if taken)
-        fold_<k>/                           hybrid, fold k: TensorBoard, checkpoints, config.yaml
+        fold_<k>/                           hybrid, fold k: TensorBoard, best.ckpt, config.yaml
         classical_twin/fold_<k>/            the classical twin on the same fold
         cv_summary.json, cv_summary.md      per-fold results, means, spread, 95% CI
         cv_test_acc.png, confusion_matrix.png, cv_config.yaml
 
-Each fold's ``config.yaml`` reproduces it: it is the config the fold ran with, except that its
-logger writes to ``<cv folder>/fold_<k>/version_<n>``, so ``qlit fit --config .../fold_<k>/config.yaml``
-never touches the cv run's own files and ``qlit test --config <same> --ckpt_path best`` finds
-the re-run's checkpoint.
+A fold keeps only what evaluating it needs: its best checkpoint (the one tested), no ``last.ckpt``
+and no INT8 export. Each fold's ``config.yaml`` reproduces it: it is the config the fold ran with
+(``last.ckpt`` and export included), except that its logger writes to
+``<cv folder>/fold_<k>/version_<n>``, so ``qlit fit --config .../fold_<k>/config.yaml`` never
+touches the cv run's own files and ``qlit test --config <same> --ckpt_path best`` finds the
+re-run's checkpoint.
 """
 
 from __future__ import annotations
@@ -81,6 +83,10 @@ def _tensorboard_args(config: Namespace) -> Namespace:
     raise QlitError(f"qlit cv needs a TensorBoardLogger in trainer.logger, got {loggers!r}")
 
 
+def _class_name(callback: Any) -> str:
+    return str(getattr(callback, "class_path", "") or "").rsplit(".", 1)[-1]
+
+
 def _check_config(config: Namespace) -> None:
     trainer = config.trainer
     if trainer.get("fast_dev_run"):
@@ -90,13 +96,24 @@ def _check_config(config: Namespace) -> None:
     if trainer.get("enable_checkpointing") is False:
         raise QlitError("qlit cv tests each fold's best checkpoint; trainer.enable_checkpointing must not be false")
     for callback in trainer.get("callbacks") or []:
-        class_path = str(getattr(callback, "class_path", "") or "")
         init_args = getattr(callback, "init_args", None)
-        if class_path.endswith("ModelCheckpoint") and init_args is not None and init_args.get("dirpath"):
+        if _class_name(callback) == "ModelCheckpoint" and init_args is not None and init_args.get("dirpath"):
             raise QlitError(
                 f"ModelCheckpoint dirpath={init_args.dirpath!r} would be shared by all folds; "
                 "remove it so each fold keeps its checkpoints in its own folder"
             )
+
+
+def _evaluation_only(config: Namespace) -> None:
+    """Drop what a fold does not need: it is tested on its best checkpoint, never resumed or shipped.
+
+    No ``last.ckpt`` and no INT8 export; re-running the fold's saved config with ``qlit fit`` writes both.
+    """
+    callbacks = [cb for cb in config.trainer.get("callbacks") or [] if _class_name(cb) != "Int8Quantization"]
+    for callback in callbacks:
+        if _class_name(callback) == "ModelCheckpoint" and callback.get("init_args") is not None:
+            callback.init_args.save_last = False
+    config.trainer.callbacks = callbacks
 
 
 def cv_folder_name(save_dir: str | Path, name: str) -> str:
@@ -146,6 +163,7 @@ class _Fold:
         reproduce = config.clone()
         reproduce_logger = _tensorboard_args(reproduce)
         reproduce_logger.name, reproduce_logger.version = f"{name}/fold_{fold}", None
+        _evaluation_only(config)
         with warnings.catch_warnings():
             # the args come from the parsed `qlit cv` command line, not from a second one
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
@@ -195,9 +213,10 @@ class _Fold:
 
     def log_figure(self, tag: str, fig, filename: str) -> Path:
         """Save ``fig`` as a PNG in the fold folder and as a TensorBoard image."""
-        path = plots.save_png(fig, unused_path(self.log_dir / filename))
+        image = plots.render(fig)
+        path = plots.save_png(image, unused_path(self.log_dir / filename))
         experiment = self.tensorboard.experiment
-        plots.log_image(experiment, tag, fig, step=self.cli.trainer.global_step)
+        plots.log_image(experiment, tag, image, step=self.cli.trainer.global_step)
         experiment.flush()
         return path
 

@@ -1,7 +1,7 @@
 """Figures for cross-validation reports, drawn with matplotlib's Agg canvas (no display, no pyplot).
 
-Each function returns a `matplotlib.figure.Figure`; `save_png` writes it to a file and
-`log_image` sends it to TensorBoard.
+Each function returns a `matplotlib.figure.Figure`. `render` draws it once into pixels, which
+`save_png` writes to a file and `log_image` sends to TensorBoard.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.image import imsave
 
 # Colour-blind-safe qualitative palette (Okabe & Ito), enough for qlit's populations and species.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
@@ -88,21 +89,21 @@ def fold_bars_figure(
     return fig
 
 
-def figure_pixels(fig: Figure) -> np.ndarray:
-    """The rendered figure as an ``(H, W, 3)`` uint8 array."""
+def render(fig: Figure) -> np.ndarray:
+    """Draw the figure into an ``(H, W, 3)`` uint8 array."""
     canvas = fig.canvas
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def save_png(fig: Figure, path: str | Path) -> Path:
-    """Write the figure as a PNG (creating the folder); returns the path."""
+def save_png(image: Figure | np.ndarray, path: str | Path) -> Path:
+    """Write a figure, or pixels from `render`, as a PNG (creating the folder); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    imsave(path, render(image) if isinstance(image, Figure) else image, format="png")
     return path
 
 
-def log_image(experiment, tag: str, fig: Figure, step: int = 0) -> None:
-    """Add the figure to a TensorBoard ``SummaryWriter`` as an image."""
-    experiment.add_image(tag, figure_pixels(fig), global_step=step, dataformats="HWC")
+def log_image(experiment, tag: str, image: np.ndarray, step: int = 0) -> None:
+    """Add pixels from `render` to a TensorBoard ``SummaryWriter`` as an image."""
+    experiment.add_image(tag, image, global_step=step, dataformats="HWC")

@@ -91,6 +91,9 @@ def test_cv_pictures_and_tensorboard(iris_cv):
             assert (run_dir / "confusion_matrix.png").is_file()
             assert "test/confusion_matrix" in images(run_dir)
             assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+            # a fold is tested, never resumed or shipped: no last.ckpt, no INT8 export
+            assert not (run_dir / "checkpoints" / "last.ckpt").exists()
+            assert not list(run_dir.glob("model*"))
         best = Path("lightning_logs/iris") / f"fold_{k}" / "checkpoints" / "best.ckpt"
         assert summary["folds"][k]["best_checkpoint"] == str(best)
     assert np.sum([f["confusion_matrix"] for f in summary["folds"]]) == 100
@@ -144,6 +147,9 @@ def test_fold_config_reproduces_its_fold(iris_cv, monkeypatch):
     cli = QlitCLI(args=["test", "--config", str(fold_dir / "config.yaml"), "--ckpt_path", "best", *QUICK])
 
     assert cli.trainer.log_dir == str(fold_dir / "version_0")  # the re-run has its own folder
+    # ...and is a full fit again: it keeps last.ckpt and exports the INT8 model the cv fold skipped
+    assert (fold_dir / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    assert (fold_dir / "version_0" / "model_int8.pt").is_file()
     assert cli.trainer.callback_metrics["test_acc"].item() == pytest.approx(summary["folds"][1]["test_acc"], abs=1e-6)
     assert cli.trainer.callback_metrics["test_loss"].item() == pytest.approx(summary["folds"][1]["test_loss"], rel=1e-5)
     assert hashlib.sha256((fold_dir / "checkpoints" / "best.ckpt").read_bytes()).hexdigest() == cv_checkpoint

@@ -24,11 +24,15 @@ class QuantumMonitor(L.Callback):
     """
 
     def __init__(self) -> None:
+        self._layer: QuantumLayer | None = None
         self._norms: list[torch.Tensor] = []
         self._vars: list[torch.Tensor] = []
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._layer = _quantum_layer(pl_module)
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        layer = _quantum_layer(pl_module)
+        layer = self._layer
         if layer is None or not trainer.is_global_zero:
             return
         hp = pl_module.hparams
@@ -39,7 +43,7 @@ class QuantumMonitor(L.Callback):
                 logger.experiment.add_text("circuit", text, global_step=trainer.global_step)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
-        layer = _quantum_layer(pl_module)
+        layer = self._layer
         if layer is None or layer.weights.grad is None:
             return
         grad = layer.weights.grad.detach()

@@ -11,10 +11,10 @@ import lightning as L
 import numpy as np
 import torch
 from sklearn.model_selection import StratifiedKFold, train_test_split
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from qlit.data.preprocessing import Preprocessor
-from qlit.data.sampling import EpochShuffleSampler, ResumableDataLoader
+from qlit.data.sampling import EpochShuffleSampler, ResumableDataLoader, TensorLoader
 from qlit.errors import QlitError
 
 
@@ -170,22 +170,22 @@ class KFoldDataModule(L.LightningDataModule):
         rows = self.indices[split]
         return TensorDataset(self.preprocessor.transform(self.x[rows]), torch.as_tensor(self.y[rows]))
 
-    def _loader(self, dataset: TensorDataset, shuffle: bool = False) -> DataLoader:
+    def _loader(self, dataset: TensorDataset, shuffle: bool = False) -> TensorLoader:
         if shuffle:  # order depends on (seed, epoch) only and the position is checkpointed: exact resume
             sampler = EpochShuffleSampler(dataset)
             return ResumableDataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
-        return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
+        return TensorLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableDataLoader:
         return self._loader(self._dataset("train"), shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> TensorLoader:
         return self._loader(self._dataset("val"))
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> TensorLoader:
         return self._loader(self._dataset("test"))
 
-    def predict_dataloader(self) -> DataLoader:
+    def predict_dataloader(self) -> TensorLoader:
         if self._predict_x is None:
             self.predict_ids = [str(i) for i in self.indices["test"]]
             return self._loader(TensorDataset(self._dataset("test").tensors[0]))

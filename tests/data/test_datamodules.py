@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from qlit.data import IrisDataModule, SNPDataModule
+from qlit.data.sampling import TensorLoader
 from qlit.data.simulate import POPULATIONS, simulate_null, simulate_populations
 from qlit.errors import QlitError
 
@@ -117,3 +119,28 @@ def test_snp_module_reduces_to_one_feature_per_component():
     dm.setup("fit")
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (32, 4) and x.dtype == torch.float32 and y.dtype == torch.int64
+
+
+def test_loaders_index_whole_batches_and_match_the_standard_loader():
+    data = SNPDataModule(n_individuals=200, n_snps=20, n_components=3, batch_size=16)
+    data.setup("fit")
+    for loader in (data.train_dataloader(), data.val_dataloader(), data.test_dataloader()):
+        assert isinstance(loader, TensorLoader) and loader._indexes_batches()
+        standard = DataLoader(loader.dataset, batch_size=16, sampler=loader.sampler)
+        ours = list(loader)
+        theirs = list(standard)
+        assert len(ours) == len(theirs) == len(loader)
+        for a, b in zip(ours, theirs):
+            assert type(a) is type(b) and all(torch.equal(p, q) for p, q in zip(a, b))
+    # every training row once per epoch, none dropped from the last, smaller batch
+    rows = torch.cat([x for x, _ in data.train_dataloader()])
+    assert len(rows) == len(data.indices["train"])
+
+
+def test_loader_falls_back_to_the_standard_path_where_it_cannot_index():
+    dataset = TensorDataset(torch.arange(10.0)[:, None], torch.arange(10))
+    workers = TensorLoader(dataset, batch_size=4, num_workers=1)
+    custom = TensorLoader(dataset, batch_size=4, collate_fn=lambda rows: len(rows))
+    assert not workers._indexes_batches() and not custom._indexes_batches()
+    assert list(custom) == [4, 4, 2]
+    assert [x.squeeze(-1).tolist() for x, _ in workers] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]

@@ -3,6 +3,7 @@ import torch
 
 from qlit.errors import QlitError
 from qlit.models import HybridClassifier, HybridNet, QuantumLayer
+from qlit.models.classifier import LossAccuracy
 
 
 def test_circuit_weights_are_small_normal_parameters():
@@ -81,3 +82,28 @@ def test_binary_and_multiclass_probabilities():
         probs = model.predict_proba(x)
         assert torch.allclose(probs.sum(-1), torch.ones(5))
     assert binary.class_names == ["0", "1"]
+
+
+@pytest.mark.parametrize("num_classes", [2, 4])
+def test_epoch_metrics_are_sample_weighted_means(num_classes):
+    metric = LossAccuracy(binary=num_classes == 2)
+    torch.manual_seed(0)
+    batches = [(torch.randn(n) if num_classes == 2 else torch.randn(n, num_classes), torch.randint(num_classes, (n,)))
+               for n in (7, 3, 5)]
+    losses = [torch.rand(()) for _ in batches]
+    for (logits, target), loss in zip(batches, losses):
+        metric.update(logits, target, loss)
+    logits = torch.cat([b[0] for b in batches])
+    target = torch.cat([b[1] for b in batches])
+    predicted = (logits > 0).long() if num_classes == 2 else logits.argmax(-1)
+    values = metric.compute()
+    assert values["acc"].item() == pytest.approx((predicted == target).float().mean().item())
+    assert values["loss"].item() == pytest.approx(sum(l.item() * len(b[1]) for l, b in zip(losses, batches)) / 15)
+    metric.reset()
+    metric.update(*batches[0], losses[0])
+    assert metric.compute()["loss"].item() == pytest.approx(losses[0].item())
+
+
+def test_adam_uses_the_fused_kernel_on_cpu():
+    optimizer = HybridClassifier(4, 2, backend="qlit").configure_optimizers()["optimizer"]
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["fused"]
