@@ -58,7 +58,8 @@ def run_qlit_cv(config: Path, epochs: int | None, env: dict[str, str]) -> float:
 
 def run_plain(config: Path, epochs: int | None, backend: str, env: dict[str, str]) -> tuple[float, dict]:
     """Wall seconds and results of the plain loop, run as its own process like ``qlit cv``."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--plain-only", "--config", str(config), "--backend", backend]
+    script = str(Path(__file__).resolve())
+    command = [sys.executable, script, "--plain-only", "--config", str(config), "--backend", backend]
     if epochs is not None:
         command += ["--epochs", str(epochs)]
     start = time.perf_counter()
@@ -111,7 +112,9 @@ def plain_cross_validation(config_path: Path, epochs: int | None, backend: str) 
             data.num_features, data.num_classes, model_args["n_qubits"], model_args["n_layers"], model_args["ansatz"],
             model_args["embedding"], backend, model_args.get("diff_method", "backprop"), core,
         )
-        optimizer = torch.optim.Adam(net.parameters(), lr=model_args["lr"], weight_decay=model_args.get("weight_decay", 0.0))
+        optimizer = torch.optim.Adam(
+            net.parameters(), lr=model_args["lr"], weight_decay=model_args.get("weight_decay", 0.0)
+        )
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=model_args["lr_factor"], patience=model_args["lr_patience"]
         )
@@ -158,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--epochs", type=int, default=None, help="override max_epochs on both sides")
     parser.add_argument("--backend", default="default.qubit", help="PennyLane device of the plain loop")
-    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for both processes (default: inherited)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="OMP_NUM_THREADS for both processes (default: inherited)"
+    )
     parser.add_argument("--repeats", type=int, default=1, help="rounds of all runs, interleaved; medians are reported")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)
@@ -218,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| plain loop, `{args.backend}` TorchLayer | {plain_seconds:.1f}{_each(plain_runs)} |")
     print(f"| plain loop, `qlit` backend (reference) | {reference_seconds:.1f}{_each(reference_runs)} |")
     print()
+    per_round = ", ".join(f"{r:.2f}x" for r in result["speedup_per_round"])
     print(f"Speed-up of qlit cv over the plain {args.backend} loop: {result['speedup']:.2f}x (target >= 3x)"
-          + (f"; per round: {', '.join(f'{r:.2f}x' for r in result['speedup_per_round'])}." if args.repeats > 1 else "."))
+          + (f"; per round: {per_round}." if args.repeats > 1 else "."))
     print(f"Speed-up of the plain loop from the qlit backend alone: {plain_seconds / reference_seconds:.2f}x.")
     print("Plain loop mean test accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in accuracies.items()))
     return 0

@@ -37,9 +37,9 @@ import warnings
 # small circuits; torch gets its threads back from --threads below. Must precede the imports.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402
+import torch
 
-from qlit.models import HybridNet  # noqa: E402
+from qlit.models import HybridNet
 
 BACKENDS = ("qlit", "default.qubit", "lightning.qubit", "floor")
 DIFF_METHODS = {"default.qubit": "backprop", "lightning.qubit": "adjoint", "qlit": "backprop"}

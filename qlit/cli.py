@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-import torch
 
 from qlit import callbacks, data  # noqa: F401  (imported so configs can name their classes briefly)
 from qlit.callbacks import PredictionWriter
@@ -78,7 +78,8 @@ class QlitCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for source, target in (("num_features", "in_features"), ("num_classes", "num_classes"), ("class_names", "class_names")):
+        links = (("num_features", "in_features"), ("num_classes", "num_classes"), ("class_names", "class_names"))
+        for source, target in links:
             parser.link_arguments(f"data.{source}", f"model.{target}", apply_on="instantiate")
 
     @staticmethod

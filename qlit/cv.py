@@ -201,9 +201,9 @@ class _Fold:
             "fold": self.fold,
             METRIC: self.metrics[METRIC],
             "test_loss": self.metrics["test_loss"],
-            "n_test": int(len(self.data.indices["test"])),
-            "n_train": int(len(self.data.indices["train"])),
-            "n_val": int(len(self.data.indices["val"])),
+            "n_test": len(self.data.indices["test"]),
+            "n_train": len(self.data.indices["train"]),
+            "n_val": len(self.data.indices["val"]),
             "data_fold": self.data_fold,
             "log_dir": str(self.log_dir),
             "config": str(self.config_path),
@@ -250,7 +250,7 @@ def _logistic_regression(data) -> dict[str, Any]:
     return {
         METRIC: float((predicted == labels["test"]).mean()),
         "test_loss": float(log_loss(labels["test"], probs, labels=list(lr.classes_))),
-        "n_test": int(len(labels["test"])),
+        "n_test": len(labels["test"]),
         "confusion_matrix": confusion_matrix(labels["test"], predicted, labels=classes).tolist(),
     }
 
@@ -304,9 +304,12 @@ def _summary_table(summary: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"sd: {STD_NOTE}. {CI_NOTE}. The classical twin replaces the quantum layer by Linear + tanh of the "
-        "same width, trained identically; logistic regression (scikit-learn, default L2, C=1) is fit on the "
-        "same preprocessed training rows. Each fold's `config.yaml` reproduces it with `qlit fit` then `qlit test`.",
+        (
+            f"sd: {STD_NOTE}. {CI_NOTE}. The classical twin replaces the quantum layer by Linear + tanh of the "
+            "same width, trained identically; logistic regression (scikit-learn, default L2, C=1) is fit on the "
+            "same preprocessed training rows. Each fold's `config.yaml` reproduces it with `qlit fit` then "
+            "`qlit test`."
+        ),
         "",
     ]
     return "\n".join(lines)

@@ -15,8 +15,8 @@ run. `Int8Linear` computes exactly what torchao's weight-only INT8 linear comput
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn

@@ -15,8 +15,6 @@ from qlit.errors import QlitError
 SHORTHANDS = {"last": "last.ckpt", "best": "best.ckpt"}
 
 
-
-
 def find_checkpoint(experiment_dir: str | Path, which: str) -> Path | None:
     """The most recently written ``last.ckpt`` or ``best.ckpt`` among the experiment's run folders.
 

@@ -152,7 +152,9 @@ class KFoldDataModule(L.LightningDataModule):
         if smallest == 0:  # e.g. a genotype file holding a single population
             name = self.class_names[int(counts.argmin())]
             source = getattr(self, "genotype_file", None) or "the data"
-            raise QlitError(f"{source} has no samples of class {name!r}; every class needs samples to train a classifier")
+            raise QlitError(
+                f"{source} has no samples of class {name!r}; every class needs samples to train a classifier"
+            )
         if smallest < self.num_folds:
             name = self.class_names[int(counts.argmin())]
             raise QlitError(
@@ -173,7 +175,9 @@ class KFoldDataModule(L.LightningDataModule):
     def _loader(self, dataset: TensorDataset, shuffle: bool = False) -> TensorLoader:
         if shuffle:  # order depends on (seed, epoch) only and the position is checkpointed: exact resume
             sampler = EpochShuffleSampler(dataset)
-            return ResumableDataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
+            return ResumableDataLoader(
+                dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers
+            )
         return TensorLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
 
     def train_dataloader(self) -> ResumableDataLoader:

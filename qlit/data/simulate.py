@@ -3,8 +3,9 @@
 Allele frequencies drift down a population tree under the Balding–Nichols model: a child
 population's frequency is ``Beta(p (1 - F) / F, (1 - p) (1 - F) / F)`` around its parent's ``p``,
 where ``F`` is the branch's drift. Between two leaves, Hudson's Fst is about half the drift summed
-along the path joining them; the branch drifts are chosen so that this matches published pairwise Fst for the 1000 Genomes super-populations (AFR–EUR ≈ 0.15, AFR–EAS ≈ 0.19,
-EUR–EAS ≈ 0.11, EUR–SAS ≈ 0.04). AMR individuals are admixed: each has its own ancestry
+along the path joining them; the branch drifts are chosen so that this matches published pairwise
+Fst for the 1000 Genomes super-populations (AFR–EUR ≈ 0.15, AFR–EAS ≈ 0.19, EUR–EAS ≈ 0.11,
+EUR–SAS ≈ 0.04). AMR individuals are admixed: each has its own ancestry
 proportions over AFR, EUR and a Native-American-like branch (NAT) that split from the East Asian
 lineage, and each of their allele copies is drawn from one of those sources.
 """

@@ -13,7 +13,6 @@ from torchmetrics import Metric
 from qlit.errors import QlitError
 from qlit.models.hybrid import Core, HybridNet
 
-
 STAGES = ("train", "val", "test")
 
 
@@ -101,7 +100,9 @@ class HybridClassifier(L.LightningModule):
         if class_names is not None and len(class_names) != num_classes:
             raise QlitError(f"class_names has {len(class_names)} names for {num_classes} classes")
         self.save_hyperparameters()
-        self.net = HybridNet(in_features, num_classes, n_qubits, n_layers, ansatz, embedding, backend, diff_method, core)
+        self.net = HybridNet(
+            in_features, num_classes, n_qubits, n_layers, ansatz, embedding, backend, diff_method, core
+        )
         self.binary = num_classes == 2
         # Metrics accumulate per step and are logged once per epoch: `self.log` on every step costs
         # more than a training step of these small networks.

@@ -19,14 +19,17 @@ from qlit.models.statevector import StatevectorCircuit
 FAST_BACKEND = "qlit"
 
 
-def _pennylane_layer(n_qubits: int, n_layers: int, ansatz: str, embedding: str, backend: str, diff_method: str) -> nn.Module:
+def _pennylane_layer(
+    n_qubits: int, n_layers: int, ansatz: str, embedding: str, backend: str, diff_method: str
+) -> nn.Module:
     import pennylane as qml
 
     try:
         device = qml.device(backend, wires=n_qubits)
     except Exception as err:  # PennyLane raises DeviceError, ImportError or others for unknown devices
         raise QlitError(f"cannot create PennyLane device {backend!r}: {str(err).splitlines()[0]}") from err
-    qnode = qml.QNode(pennylane_circuit(n_qubits, ansatz, embedding), device, interface="torch", diff_method=diff_method)
+    circuit = pennylane_circuit(n_qubits, ansatz, embedding)
+    qnode = qml.QNode(circuit, device, interface="torch", diff_method=diff_method)
     shapes = {"weights": weight_shape(n_qubits, n_layers, ansatz)}
     return qml.qnn.TorchLayer(qnode, shapes, init_method={"weights": init_weights})
 

@@ -218,7 +218,7 @@ class StatevectorCircuit(nn.Module):
         self.weights = nn.Parameter(init_weights(torch.empty(weight_shape(n_qubits, n_layers, ansatz))))
         self._cache: dict[tuple[torch.dtype, torch.device], dict[str, torch.Tensor]] = {}
 
-        dim, bits = 2**n_qubits, _bits(n_qubits)
+        bits = _bits(n_qubits)
         perms = [_cnot_permutation(n_qubits, pairs) for pairs in entangler_pairs(n_qubits, n_layers, ansatz)]
         for name, table in _gate_tables(ansatz, embedding, n_layers).items():
             self._buffer(name, table)
@@ -316,7 +316,9 @@ class StatevectorCircuit(nn.Module):
         """Real one-qubit states ``(n, 2, B)`` of the embedding (its phases live in the first layer)."""
         return torch.sin(torch.add(c["embedding_offsets"], x.T.contiguous()[:, None, :], alpha=self.embedding_scale))
 
-    def _embedding_grad(self, amplitudes: torch.Tensor, half_grad: torch.Tensor, c: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _embedding_grad(
+        self, amplitudes: torch.Tensor, half_grad: torch.Tensor, c: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         """Input gradient ``(B, n)`` from half the gradient of the ``(2^n, B)`` product-state amplitudes."""
         batch = amplitudes.shape[1]
         if self.embedding_scale == 0.0:

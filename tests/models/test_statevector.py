@@ -14,8 +14,7 @@ import pennylane as qml
 import pytest
 import torch
 
-from qlit.models import HybridNet, QuantumLayer, StatevectorCircuit
-from qlit.models import statevector
+from qlit.models import HybridNet, QuantumLayer, StatevectorCircuit, statevector
 from qlit.models.circuit import ANSATZES, ROTATIONS, pennylane_circuit
 
 TOL = 1e-5
