@@ -335,6 +335,11 @@ def cross_validate(cli_class: type, config: Namespace, parser) -> dict[str, Any]
     config.pop("config", None)
     _check_config(config)
     logger = _tensorboard_args(config)
+    if not logger.get("name"):
+        raise QlitError(
+            "qlit cv needs trainer.logger.init_args.name, the experiment folder its folds go in; "
+            f"got {logger.get('name')!r}"
+        )
     num_folds = int(config.data.init_args.num_folds)
     name = cv_folder_name(logger.save_dir, logger.name)
     cv_dir = Path(logger.save_dir) / name

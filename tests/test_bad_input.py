@@ -128,6 +128,7 @@ CASES = [
     case("unknown-pennylane-device", [*FIT, "--model.backend=default.qbit"], ["default.qbit"]),
     case("bad-trainer-devices", [*FIT, "--trainer.devices=0"], ["devices"]),
     case("cv-n_layers-zero", ["cv", "--config", IRIS, "--model.n_layers=0"], ["n_layers", "0"]),
+    case("cv-logger-without-name", ["cv", "--config", IRIS, "--trainer.logger.init_args.name=null"], ["name", "None"]),
     # data files
     case("predict-file-missing", [*PREDICT, "--data.init_args.predict_file=absent.csv"], ["absent.csv"]),
     case("predict-file-empty", [*PREDICT, "--data.init_args.predict_file=e.csv"], ["e.csv"], write("e.csv", "")),
