@@ -1,3 +1,31 @@
-from qlit.cli import main
+"""``python -m qlit`` and the ``qlit`` command, with a clean exit on Ctrl-C while qlit is starting."""
 
-main()
+import signal
+import sys
+
+
+def run() -> None:
+    """Import the CLI and run it; Ctrl-C during the imports exits with status 130 and one line."""
+    interrupted = []
+
+    def on_sigint(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        from qlit.cli import main
+    except BaseException:
+        # Interrupted inside an extension module's import, Python can report a half-imported module
+        # (numpy: "module 'numpy._core' has no attribute '_multiarray_umath'") instead of the Ctrl-C.
+        if interrupted:
+            print("qlit: interrupted (Ctrl-C) while starting", file=sys.stderr)
+            sys.exit(130)
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    main()
+
+
+if __name__ == "__main__":
+    run()

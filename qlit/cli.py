@@ -2,34 +2,101 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+import re
 import sys
+import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from qlit import callbacks, data  # noqa: F401  (imported so configs can name their classes briefly)
-from qlit.callbacks import PredictionWriter
+from qlit.callbacks import PredictionWriter, RunSummary
 from qlit.callbacks.safety import GracefulStop, NonFiniteGuard, TrainingInterrupted
-from qlit.checkpoint_io import install as install_checkpoint_io
-from qlit.checkpoint_io import load_checkpoint
-from qlit.cv import QlitTrainer, cross_validate
+from qlit.checkpoint_io import SafeCheckpointIO, check_checkpoint_content, load_checkpoint
+from qlit.config_files import check_config_files
+from qlit.cv import cross_validate
+from qlit.diagnostics import run_diagnose
 from qlit.data import KFoldDataModule
 from qlit.errors import QlitError
 from qlit.models import HybridClassifier
-from qlit.preflight import preflight
-from qlit.runs import resolve_checkpoint, tensorboard_loggers, unused_path, version_of
+from qlit.preflight import check_resume_overrides, preflight
+from qlit.runs import claim_version, release_if_empty, resolve_checkpoint, tensorboard_loggers, version_of
 
 DEBUG_ENV = "QLIT_DEBUG"
+THREADS_ENV = "QLIT_NUM_THREADS"
+DDP_TIMEOUT_ENV = "QLIT_DDP_TIMEOUT"
+# A version folder claimed by the launching process, inherited by the DDP processes Lightning starts from it.
+RUN_VERSION_ENV = "QLIT_RUN_VERSION"
+# The circuits up to this width are small enough that torch's intra-op threads cost more than they give.
+SINGLE_THREAD_MAX_QUBITS = 8
+# A CPU DDP peer that stops answering fails the job after this long (torch's default is 30 minutes).
+DDP_CPU_TIMEOUT_S = 300
+QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric")
+_PEER_LOST = ("Timed out waiting", "Connection closed by peer", "Connection reset by peer")  # gloo's words
+_CLAIMED: list[Path] = []  # version folders this process claimed for a new fit
 
 
 def _fail(message: str) -> None:
     print(f"qlit: error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def _short_doc(method: Any, doc: str) -> Any:
+    """Lightning's Trainer method under a one-line description for ``qlit --help``; signature kept."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args: Any, **kwargs: Any) -> Any:
+        return method(self, *args, **kwargs)
+
+    wrapper.__doc__ = doc
+    return wrapper
+
+
+class QlitTrainer(L.Trainer):
+    """Lightning's Trainer with qlit's subcommands and their one-line descriptions."""
+
+    fit = _short_doc(L.Trainer.fit, "Train a model (resume with --ckpt_path last).")
+    validate = _short_doc(L.Trainer.validate, "Score a checkpoint on its validation split.")
+    test = _short_doc(L.Trainer.test, "Score a checkpoint on its held-out test fold.")
+    predict = _short_doc(L.Trainer.predict, "Predict the test fold or a new file (--data.predict_file).")
+
+    def cv(self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None) -> None:
+        """Cross-validate: every fold, beside a classical twin, logistic regression and the majority class.
+
+        Each fold k trains a fresh model, data module and trainer, logs to <experiment>/fold_<k> and is
+        tested on its held-out fold with its best checkpoint. Writes cv_summary.json, cv_summary.md
+        (means, sd, 95% CI) and figures to the experiment's log folder.
+        """
+        raise QlitError("cross-validation runs from the command line: qlit cv --config <file>")
+
+    def diagnose(
+        self,
+        model: L.LightningModule,
+        datamodule: L.LightningDataModule | None = None,
+        qubits: list[int] | None = None,
+        layers: list[int] | None = None,
+        samples: int = 200,
+    ) -> None:
+        """Barren-plateau check: gradient variance over random initialisations, by width and depth.
+
+        Args:
+            model: The configured model; its circuit (n_qubits, n_layers, ansatz, embedding) is the reference.
+            datamodule: Not used: the diagnostic needs no data.
+            qubits: Widths to compare; default 2, 4, ... up to twice the model's n_qubits (at most 12).
+            layers: Depths to compare; default 1, the model's n_layers and 4 times it.
+            samples: Random initialisations per circuit.
+        """
+        raise QlitError("the diagnostic runs from the command line: qlit diagnose --config <file>")
 
 
 class QlitArgumentParser(LightningArgumentParser):
@@ -38,8 +105,34 @@ class QlitArgumentParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None):
         if os.environ.get(DEBUG_ENV) or not self.exit_on_error:
             return super().error(message, ex)
-        lines = [line.strip() for line in str(message).splitlines() if line.strip()]
-        _fail(" ".join(lines[:3]) if lines else "invalid arguments")
+        _fail(_one_line(str(message)))
+
+
+def _one_line(message: str) -> str:
+    """jsonargparse's multi-line report, cut to the innermost key at fault and its reason.
+
+    A bad ``--data.val_fraction`` is reported as a failed union of data-module classes, with the
+    real reason nested below; the user needs the nested one: ``--data.val_fraction: expected a
+    float, got nan``.
+    """
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return "invalid arguments"
+    keys, reason = [], None
+    for i, line in enumerate(lines):
+        match = re.match(r'(?:- )?Parser key "([^"]+)":', line)
+        if match:
+            keys.append(match.group(1))
+            following = lines[i + 1] if i + 1 < len(lines) else ""
+            if following and not following.startswith(("Does not validate", "- Parser key", "Parser key")):
+                reason = following.lstrip("- ")
+                break
+    if not keys:
+        return " ".join(lines[:3])
+    reason = reason or next((line for line in lines[1:] if not line.startswith(("Subtypes", "Errors"))), lines[0])
+    reason = re.sub(r"<class '([\w.]+)'>", r"\1", reason)
+    path = ".".join(dict.fromkeys(k for key in keys for k in key.split(".")))
+    return f"--{path}: {reason}"
 
 
 class QlitSaveConfig(SaveConfigCallback):
@@ -50,6 +143,8 @@ class QlitSaveConfig(SaveConfigCallback):
     """
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        from qlit.runs import unused_path
+
         if not self.already_saved and trainer.log_dir is not None:
             log_dir = Path(trainer.log_dir)
             stage_name = getattr(stage, "value", stage)  # Lightning passes a TrainerFn enum
@@ -63,19 +158,31 @@ class QlitCLI(LightningCLI):
     """LightningCLI for hybrid classifiers: ``qlit fit|validate|test|predict|cv --config <yaml>``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("trainer_defaults", {"callbacks": [PredictionWriter(), NonFiniteGuard(), GracefulStop()]})
+        kwargs.setdefault(
+            "trainer_defaults",
+            {"callbacks": [PredictionWriter(), NonFiniteGuard(), GracefulStop(), RunSummary()]},
+        )
         self._checkpoint: dict[str, Any] | None = None
         kwargs.setdefault("trainer_class", QlitTrainer)
         kwargs.setdefault("parser_kwargs", {"description": "Train hybrid quantum-classical classifiers (qlit)."})
-        super().__init__(
-            HybridClassifier,
-            KFoldDataModule,
-            *args,
-            subclass_mode_data=True,
-            save_config_callback=QlitSaveConfig,
-            parser_class=QlitArgumentParser,
-            **kwargs,
-        )
+        # The model builds its own Adam and ReduceLROnPlateau (model.lr, model.lr_factor, ...).
+        kwargs.setdefault("auto_configure_optimizers", False)
+        inherited_version = os.environ.get(RUN_VERSION_ENV)
+        try:
+            super().__init__(
+                HybridClassifier,
+                KFoldDataModule,
+                *args,
+                subclass_mode_data=True,
+                save_config_callback=QlitSaveConfig,
+                parser_class=QlitArgumentParser,
+                **kwargs,
+            )
+        finally:
+            if inherited_version is None:  # this process claimed it: the next run in it claims its own
+                os.environ.pop(RUN_VERSION_ENV, None)
+            while _CLAIMED:
+                release_if_empty(_CLAIMED.pop())  # a failed start leaves no empty version folder behind
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         links = (("num_features", "in_features"), ("num_classes", "num_classes"), ("class_names", "class_names"))
@@ -84,20 +191,37 @@ class QlitCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        """Lightning's subcommands plus ``cv`` (its arguments come from `QlitTrainer.cv`)."""
-        return {**LightningCLI.subcommands(), "cv": {"model", "datamodule"}}
+        """Lightning's subcommands plus ``cv`` and ``diagnose`` (their arguments come from `QlitTrainer`)."""
+        return {**LightningCLI.subcommands(), "cv": {"model", "datamodule"}, "diagnose": {"model", "datamodule"}}
 
     def cv(self, model: Any, datamodule: Any = None) -> None:
         """Run ``qlit cv``: a fresh CLI per fold, built from this command's parsed config."""
         if datamodule is not None:
             datamodule.setup("fit")  # bad data fails here, before the cv run writes anything
-        cross_validate(type(self), self.config["cv"], self._parser("cv"))
+        full = self.parser.dump(self.config, skip_none=False, format="yaml")
+        cross_validate(type(self), self.config["cv"], full)
+
+    def diagnose(
+        self, model: Any, datamodule: Any = None, qubits: list[int] | None = None,
+        layers: list[int] | None = None, samples: int = 200,
+    ) -> None:
+        """Run ``qlit diagnose``: `qlit.diagnostics` over widths and depths around the model's circuit."""
+        run_diagnose(self.config["diagnose"], model.hparams, qubits, layers, samples)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
-        if subcommand is not None:
-            self._resolve_checkpoint(subcommand, self.config[subcommand])
+        if subcommand is None:
+            return
+        config = self.config[subcommand]
+        _choose_threads(config)
+        if subcommand == "cv":
+            _refuse_multi_process_cv(config)
+        self._resolve_checkpoint(subcommand, config)
+        if subcommand == "fit" and self._checkpoint is not None:
+            check_resume_overrides(self._checkpoint, Path(config.ckpt_path), config.model)
+        if subcommand == "fit" and not config.get("ckpt_path"):
+            self._claim_run_folder(config)
 
     def _resolve_checkpoint(self, subcommand: str, config: Any) -> None:
         """Turn ``--ckpt_path last|best`` into a file and log into the run folder it came from.
@@ -109,24 +233,55 @@ class QlitCLI(LightningCLI):
         if not ckpt_path:
             return
         logger = next(iter(tensorboard_loggers(config)), None)
-        experiment_dir = Path(logger.save_dir) / logger.name if logger is not None else None
-        checkpoint = resolve_checkpoint(str(ckpt_path), experiment_dir)
+        experiment_dir = Path(logger.save_dir) / (logger.get("name") or "") if logger is not None else None
+        version = logger.get("version") if logger is not None else None
+        version = version if version is None or isinstance(version, str) else f"version_{version}"
+        checkpoint = resolve_checkpoint(str(ckpt_path), experiment_dir, version)
         if checkpoint is None:
             if subcommand != "fit":
-                _fail(f"--ckpt_path last: no last.ckpt under {experiment_dir}")
+                _fail(f"--ckpt_path last: no last.ckpt of a 'qlit fit' run under {experiment_dir}")
             print(f"qlit: no last.ckpt under {experiment_dir} yet; starting a new run", file=sys.stderr)
             config.ckpt_path = None
             return
         config.ckpt_path = str(checkpoint)
         self._checkpoint = load_checkpoint(checkpoint)  # weights-only: refuses files that would run code
-        version = version_of(checkpoint, experiment_dir) if experiment_dir is not None else None
-        if version is not None:
-            logger.version = version
+        check_checkpoint_content(self._checkpoint, checkpoint, resume=subcommand == "fit")
+        found = version_of(checkpoint, experiment_dir) if experiment_dir is not None else None
+        if found is not None:
+            logger.version = found
+
+    def _claim_run_folder(self, config: Any) -> None:
+        """Give a new fit its own version folder, claimed atomically before Lightning picks one.
+
+        TensorBoardLogger picks ``max(version) + 1`` by listing the folder, so two fits started
+        together would share a version. The launching process claims it with an exclusive ``mkdir``;
+        DDP processes that Lightning starts from it inherit the name. Under ``torchrun`` every process
+        starts on its own, so Lightning's choice (made on every rank alike) is kept.
+        """
+        loggers = tensorboard_loggers(config)
+        if not loggers or loggers[0].get("version") is not None:
+            return
+        logger = loggers[0]
+        inherited = os.environ.get(RUN_VERSION_ENV)
+        if inherited:
+            logger.version = inherited
+            return
+        if any(name in os.environ for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE")):
+            return
+        claimed = claim_version(Path(logger.save_dir) / (logger.get("name") or ""))
+        _CLAIMED.append(claimed)
+        logger.version = claimed.name
+        os.environ[RUN_VERSION_ENV] = claimed.name
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        trainer = super().instantiate_trainer(**kwargs)
-        install_checkpoint_io(trainer)  # atomic checkpoint writes, weights-only reads
-        return trainer
+        subcommand = self.config.get("subcommand")
+        trainer_config = self.config_init[subcommand]["trainer"] if subcommand else None
+        if trainer_config is not None and _is_cpu_ddp(trainer_config):
+            timeout = float(os.environ.get(DDP_TIMEOUT_ENV, DDP_CPU_TIMEOUT_S))
+            trainer_config["strategy"] = DDPStrategy(timeout=timedelta(seconds=timeout))
+        if trainer_config is not None and not trainer_config.get("plugins"):
+            kwargs.setdefault("plugins", [SafeCheckpointIO()])  # atomic checkpoint writes, weights-only reads
+        return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
         preflight(self, "fit")
@@ -141,9 +296,62 @@ class QlitCLI(LightningCLI):
         preflight(self, "predict")
 
 
+def _is_cpu_ddp(trainer_config: dict[str, Any]) -> bool:
+    strategy = trainer_config.get("strategy")
+    accelerator = str(trainer_config.get("accelerator") or "auto")
+    cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    return cpu and isinstance(strategy, str) and strategy in ("ddp", "ddp_find_unused_parameters_true")
+
+
+def _choose_threads(config: Any) -> None:
+    """One torch thread for small circuits, unless the user chose (``QLIT_NUM_THREADS``, ``OMP_NUM_THREADS``).
+
+    A training step of these networks is a few dozen tiny tensor operations: two intra-op threads
+    only wait on each other, and on a busy 2-core machine a step took 700 ms instead of 21-38 ms.
+    """
+    chosen = os.environ.get(THREADS_ENV)
+    if chosen:
+        try:
+            threads = int(chosen)
+        except ValueError:
+            raise QlitError(f"{THREADS_ENV} must be a positive integer, got {chosen!r}") from None
+        if threads < 1:
+            raise QlitError(f"{THREADS_ENV} must be a positive integer, got {chosen!r}")
+        torch.set_num_threads(threads)
+        return
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    n_qubits = config.model.get("n_qubits") if config.get("model") is not None else None
+    if isinstance(n_qubits, int) and n_qubits <= SINGLE_THREAD_MAX_QUBITS:
+        torch.set_num_threads(1)
+
+
+def _refuse_multi_process_cv(config: Any) -> None:
+    trainer = config.trainer
+    strategy = str(trainer.get("strategy") or "auto")
+    devices = trainer.get("devices")
+    many = "ddp" in strategy or (trainer.get("num_nodes") or 1) > 1
+    many = many or (isinstance(devices, int) and devices > 1) or (isinstance(devices, list) and len(devices) > 1)
+    many = many or (isinstance(devices, str) and devices not in ("auto", "1") and devices != "-1" and "," in devices)
+    if many:
+        raise QlitError(
+            f"qlit cv trains its folds one after another in one process; it cannot run under "
+            f"--trainer.strategy {strategy} --trainer.devices {devices}: use one device per cv run, "
+            "or qlit fit with DDP on one fold (--data.fold k)"
+        )
+
+
 def main(args: list[str] | None = None) -> None:
     """Run the ``qlit`` command line; ``args`` defaults to ``sys.argv[1:]``."""
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    # Lightning 2.6's own pytree helper trips torch 2.13's LeafSpec deprecation once per trainer.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    if not os.environ.get(DEBUG_ENV):
+        # Lightning's INFO lines (seed, GPU/TPU availability, tips) would stand before qlit's own messages.
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
+        check_config_files(sys.argv[1:] if args is None else args)
         QlitCLI(args=args)
     except TrainingInterrupted as stop:
         print(f"qlit: {stop}", file=sys.stderr)
@@ -151,12 +359,17 @@ def main(args: list[str] | None = None) -> None:
     except SIGTERMException:
         print("qlit: stopped by SIGTERM", file=sys.stderr)
         sys.exit(128 + 15)
+    except KeyboardInterrupt:
+        print("qlit: interrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(130)
     except Exception as err:
         cause = _user_error(err)
         if cause is None or os.environ.get(DEBUG_ENV):
             raise
         _fail(str(cause))
     finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
         # Lightning leaves the DDP process group up; gloo's threads still running at interpreter
         # exit abort the process ("terminate called without an active exception").
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -171,6 +384,14 @@ def _user_error(err: BaseException | None) -> QlitError | None:
             return err
         if isinstance(err, MisconfigurationException):  # Lightning's word for a bad trainer setting
             return QlitError(str(err).strip().splitlines()[0])
+        if isinstance(err, OSError) and err.filename is not None and err.strerror:
+            return QlitError(f"{err.filename}: {err.strerror}")
+        if isinstance(err, RuntimeError) and any(sign in str(err) for sign in _PEER_LOST):
+            return QlitError(
+                "a DDP process stopped answering (it died, or was starved for longer than "
+                f"{DDP_TIMEOUT_ENV}={os.environ.get(DDP_TIMEOUT_ENV, DDP_CPU_TIMEOUT_S)} s); the job was stopped: "
+                f"{str(err).splitlines()[0][:200]}"
+            )
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None

@@ -31,9 +31,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
+import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -42,29 +42,19 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix, log_loss
 
 from qlit import plots
+from qlit.callbacks.summary import RunSummary
 from qlit.errors import QlitError
-from qlit.runs import tensorboard_loggers, unused_path
+from qlit.runs import claim_file, tensorboard_loggers, unused_path
 
 METRIC = "test_acc"
-BASELINES = {"classical_twin": "classical twin", "logistic_regression": "logistic regression"}
+BASELINES = {
+    "classical_twin": "classical twin",
+    "logistic_regression": "logistic regression",
+    "majority_class": "majority class",
+}
+CHECKPOINT_CLASSES = ("ModelCheckpoint", "RunCheckpoint")
 STD_NOTE = "sample standard deviation over folds (ddof=1)"
 CI_NOTE = "95% CI of the mean: mean ± t(0.975, k-1) · sd / sqrt(k), Student t with k-1 dof, clipped to [0, 1]"
-
-
-class QlitTrainer(L.Trainer):
-    """Lightning's Trainer, plus the ``cv`` entry point the ``qlit`` CLI offers as a subcommand."""
-
-    def cv(self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None) -> None:
-        """Cross-validate: train and test every fold, beside a classical twin and logistic regression.
-
-        Each fold k (``data.init_args.fold = k``) trains a fresh model, data module and trainer, logs
-        to ``<experiment>/fold_<k>``, and is tested on its held-out fold with its best checkpoint. The
-        classical twin (``model.core=classical``) is trained identically on the same fold and
-        scikit-learn's logistic regression is fit on the same preprocessed training rows. Writes
-        ``cv_summary.json`` and ``cv_summary.md`` (means, sd, 95% CI) and figures to the experiment's
-        log folder.
-        """
-        raise QlitError("cross-validation runs from the command line: qlit cv --config <file>")
 
 
 def _tensorboard_args(config: Namespace) -> Namespace:
@@ -97,7 +87,7 @@ def _check_config(config: Namespace) -> None:
         raise QlitError("qlit cv tests each fold's best checkpoint; trainer.enable_checkpointing must not be false")
     for callback in trainer.get("callbacks") or []:
         init_args = getattr(callback, "init_args", None)
-        if _class_name(callback) == "ModelCheckpoint" and init_args is not None and init_args.get("dirpath"):
+        if _class_name(callback) in CHECKPOINT_CLASSES and init_args is not None and init_args.get("dirpath"):
             raise QlitError(
                 f"ModelCheckpoint dirpath={init_args.dirpath!r} would be shared by all folds; "
                 "remove it so each fold keeps its checkpoints in its own folder"
@@ -111,30 +101,48 @@ def _evaluation_only(config: Namespace) -> None:
     """
     callbacks = [cb for cb in config.trainer.get("callbacks") or [] if _class_name(cb) != "Int8Quantization"]
     for callback in callbacks:
-        if _class_name(callback) == "ModelCheckpoint" and callback.get("init_args") is not None:
+        if _class_name(callback) in CHECKPOINT_CLASSES and callback.get("init_args") is not None:
             callback.init_args.save_last = False
     config.trainer.callbacks = callbacks
+    # ten trainings' progress bars would bury the one line per fold
+    config.trainer.enable_progress_bar = False
+    config.trainer.enable_model_summary = False
+
+
+def _taken(folder: Path) -> bool:
+    """Whether ``folder`` holds an earlier cv run (also one written before cv runs claimed folders)."""
+    return folder.exists() and (
+        any(folder.glob("cv_summary*.json"))
+        or any(folder.glob("cv_config*.yaml"))
+        or any(folder.glob("fold_*"))
+        or (folder / "classical_twin").exists()
+    )
 
 
 def cv_folder_name(save_dir: str | Path, name: str) -> str:
-    """``name``, or ``name/cv_<n>`` with the first free ``n`` when ``name`` already holds a cv run.
-
-    A cv run is recognised by a ``cv_summary*.json``, a ``fold_*`` folder or a ``classical_twin``
-    folder; nothing an earlier run wrote is ever reused or overwritten.
-    """
-    experiment = Path(save_dir) / name
-
-    def taken(folder: Path) -> bool:
-        return folder.exists() and (
-            any(folder.glob("cv_summary*.json")) or any(folder.glob("fold_*")) or (folder / "classical_twin").exists()
-        )
-
-    if not taken(experiment):
+    """``name``, or ``name/cv_<n>`` with the first free ``n`` when ``name`` already holds a cv run."""
+    if not _taken(Path(save_dir) / name):
         return name
     n = 1
-    while (experiment / f"cv_{n}").exists():
+    while _taken(Path(save_dir) / name / f"cv_{n}"):
         n += 1
     return f"{name}/cv_{n}"
+
+
+def claim_cv_folder(save_dir: str | Path, name: str) -> str:
+    """Claim a cv folder for this run, atomically, and return its name below ``save_dir``.
+
+    The claim is the exclusive creation of the folder's ``cv_config.yaml``: of two cv runs of one
+    experiment started together, exactly one gets each folder, and the other moves on to the next
+    ``cv_<n>``. Nothing an earlier run wrote is ever reused or overwritten.
+    """
+    candidate, n = name, 0
+    while True:
+        folder = Path(save_dir) / candidate
+        if not _taken(folder) and claim_file(folder / "cv_config.yaml"):
+            return candidate
+        n += 1
+        candidate = f"{name}/cv_{n}"
 
 
 def interval(values: Sequence[float], clip: bool = True) -> dict[str, Any]:
@@ -170,6 +178,9 @@ class _Fold:
             self.cli = cli_class(args=config, run=False)
         self.saver = next(cb for cb in self.cli.trainer.callbacks if isinstance(cb, SaveConfigCallback))
         self.saver.config = reproduce
+        for callback in self.cli.trainer.callbacks:
+            if isinstance(callback, RunSummary):
+                callback.verbose = False  # cv prints one line per fold instead
         self.fold = fold
 
     def run(self) -> None:
@@ -255,6 +266,23 @@ def _logistic_regression(data) -> dict[str, Any]:
     }
 
 
+def _majority_class(data) -> dict[str, Any]:
+    """The constant classifier: the training rows' most frequent class, scored on the test fold."""
+    train, test = data.y[data.indices["train"]], data.y[data.indices["test"]]
+    counts = np.bincount(train, minlength=data.num_classes)
+    constant = int(counts.argmax())
+    test_counts = np.bincount(test, minlength=data.num_classes)
+    predicted = np.full(len(test), constant)
+    return {
+        METRIC: float((test == constant).mean()),
+        "predicted_class": data.class_names[constant],
+        "n_test": len(test),
+        "test_base_rate": float(test_counts.max() / len(test)),
+        "test_class_shares": {name: float(c / len(test)) for name, c in zip(data.class_names, test_counts)},
+        "confusion_matrix": confusion_matrix(test, predicted, labels=list(range(data.num_classes))).tolist(),
+    }
+
+
 def _pca_figure(fold: _Fold) -> None:
     """For PCA-reduced data (SNPs): all individuals on the fold's first two PCs, by class."""
     state = fold.data.preprocessor.state
@@ -307,7 +335,8 @@ def _summary_table(summary: dict[str, Any]) -> str:
         (
             f"sd: {STD_NOTE}. {CI_NOTE}. The classical twin replaces the quantum layer by Linear + tanh of the "
             "same width, trained identically; logistic regression (scikit-learn, default L2, C=1) is fit on the "
-            "same preprocessed training rows. Each fold's `config.yaml` reproduces it with `qlit fit` then "
+            "same preprocessed training rows; the majority class always predicts the training rows' most frequent "
+            "class, so its accuracy is the base rate any model must beat. Each fold's `config.yaml` reproduces it with `qlit fit` then "
             "`qlit test`."
         ),
         "",
@@ -320,13 +349,13 @@ def _with_stats(folds: list[dict[str, Any]]) -> dict[str, Any]:
     return {"folds": folds, f"{METRIC}_mean": s["mean"], f"{METRIC}_std": s["std"], f"{METRIC}_ci95": s["ci95"]}
 
 
-def cross_validate(cli_class: type, config: Namespace, parser) -> dict[str, Any]:
-    """Run ``qlit cv``: every fold of the configured data module, hybrid and both baselines.
+def cross_validate(cli_class: type, config: Namespace, full_config: str) -> dict[str, Any]:
+    """Run ``qlit cv``: every fold of the configured data module, the hybrid and its baselines.
 
     Args:
         cli_class: The CLI class (``QlitCLI``) that builds one fold's model, data and trainer.
         config: The parsed ``qlit cv`` config (its ``cv`` namespace).
-        parser: The ``cv`` subcommand's parser, used to save the cv run's config.
+        full_config: The whole command's config as YAML (``parser.dump``), saved as ``cv_config.yaml``.
 
     Returns:
         The summary written to ``cv_summary.json``.
@@ -341,16 +370,14 @@ def cross_validate(cli_class: type, config: Namespace, parser) -> dict[str, Any]
             f"got {logger.get('name')!r}"
         )
     num_folds = int(config.data.init_args.num_folds)
-    name = cv_folder_name(logger.save_dir, logger.name)
+    name = claim_cv_folder(logger.save_dir, logger.name)
     cv_dir = Path(logger.save_dir) / name
-    cv_dir.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        # newer jsonargparse renames skip_none (as Lightning's own config saving still calls it)
-        warnings.filterwarnings("ignore", message="skip_none parameter was deprecated")
-        parser.save(config, str(unused_path(cv_dir / "cv_config.yaml")), skip_none=False, multifile=False)
+    saved = yaml.safe_load(full_config).get("cv", {})
+    saved.pop("config", None)
+    (cv_dir / "cv_config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     print(f"qlit cv: {num_folds} folds, logging to {cv_dir}", flush=True)
 
-    hybrid, twin, logistic = [], [], []
+    hybrid, twin, logistic, majority = [], [], [], []
     class_names: list[str] = []
     checkpoint = ""
     for k in range(num_folds):
@@ -364,6 +391,8 @@ def cross_validate(cli_class: type, config: Namespace, parser) -> dict[str, Any]
         fold.log_confusion_matrix("hybrid")
         _pca_figure(fold)
         lr = {"fold": k, **_logistic_regression(fold.data)}
+        constant = {"fold": k, **_majority_class(fold.data)}
+        record["test_base_rate"] = constant["test_base_rate"]
         fold.close()
 
         twin_config = config.clone()
@@ -379,9 +408,11 @@ def cross_validate(cli_class: type, config: Namespace, parser) -> dict[str, Any]
         hybrid.append(record)
         twin.append(twin_record)
         logistic.append(lr)
+        majority.append(constant)
         print(
             f"qlit cv: fold {k + 1}/{num_folds} (n_test {record['n_test']}): {METRIC} hybrid {record[METRIC]:.3f}"
-            f" | classical twin {twin_record[METRIC]:.3f} | logistic regression {lr[METRIC]:.3f}",
+            f" | classical twin {twin_record[METRIC]:.3f} | logistic regression {lr[METRIC]:.3f}"
+            f" | majority class {constant[METRIC]:.3f}",
             flush=True,
         )
 
@@ -407,10 +438,14 @@ def cross_validate(cli_class: type, config: Namespace, parser) -> dict[str, Any]
                 **_with_stats(logistic),
                 "model": "sklearn LogisticRegression(max_iter=5000), fit on the fold's preprocessed training rows",
             },
+            "majority_class": {
+                **_with_stats(majority),
+                "model": "always the most frequent class of the fold's training rows (the base rate to beat)",
+            },
         },
         "paired_differences": {
             f"hybrid_minus_{b}": interval([h[METRIC] - r[METRIC] for h, r in zip(hybrid, records)], clip=False)
-            for b, records in (("classical_twin", twin), ("logistic_regression", logistic))
+            for b, records in (("classical_twin", twin), ("logistic_regression", logistic), ("majority_class", majority))
         },
     }
     json_path = unused_path(cv_dir / "cv_summary.json")
@@ -423,10 +458,10 @@ def cross_validate(cli_class: type, config: Namespace, parser) -> dict[str, Any]
     for key, label in BASELINES.items():
         series[label] = [r[METRIC] for r in summary["baselines"][key]["folds"]]
     bars = plots.fold_bars_figure(range(num_folds), series, f"{name}: {METRIC} per fold")
-    plots.save_png(bars, unused_path(cv_dir / "cv_test_acc.png"))
+    bars_path = plots.save_png(bars, unused_path(cv_dir / "cv_test_acc.png"))
     pooled = np.sum([r["confusion_matrix"] for r in hybrid], axis=0)
-    plots.save_png(plots.confusion_matrix_figure(pooled, class_names, f"hybrid, all {num_folds} test folds"),
-                   unused_path(cv_dir / "confusion_matrix.png"))
+    pooled_figure = plots.confusion_matrix_figure(pooled, class_names, f"hybrid, all {num_folds} test folds")
+    pooled_path = plots.save_png(pooled_figure, unused_path(cv_dir / "confusion_matrix.png"))
     print("\n" + table, flush=True)
-    print(f"qlit cv: wrote {json_path} and {md_path}", flush=True)
+    print(f"qlit cv: wrote {json_path}, {md_path}, {bars_path} and {pooled_path}", flush=True)
     return summary

@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from qlit.checkpoint_io import load_checkpoint
+from qlit.checkpoint_io import (
+    check_datamodule_state,
+    check_hyperparameters,
+    check_tensors,
+    check_weight_shapes,
+    load_checkpoint,
+)
 from qlit.data.preprocessing import Preprocessor
 from qlit.errors import QlitError
 from qlit.models.classifier import HybridClassifier
@@ -27,7 +33,7 @@ INT8_FORMAT_VERSION = 1
 def datamodule_state(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
     """The data module's saved state (fitted preprocessing, class names) in a Lightning checkpoint."""
     for value in checkpoint.values():
-        if isinstance(value, dict) and "preprocessing" in value and "class_names" in value:
+        if isinstance(value, dict) and "preprocessing" in value:
             return value
     return None
 
@@ -126,10 +132,11 @@ class Predictor:
             array = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
         except (TypeError, ValueError) as err:
             raise QlitError(f"features must be numeric, got {type(x).__name__}: {err}") from None
-        if array.ndim == 1:
+        shape = array.shape
+        if array.ndim == 1 and array.size:
             array = array[None, :]
         if array.ndim != 2 or array.shape[1] != self.raw_features:
-            raise QlitError(f"features have shape {array.shape}, the model expects (n_samples, {self.raw_features})")
+            raise QlitError(f"features have shape {shape}, the model expects (n_samples, {self.raw_features})")
         if not np.isfinite(array).all():
             row, col = np.argwhere(~np.isfinite(array))[0]
             raise QlitError(f"features row {row}, column {col} is {array[row, col]}, not a finite number")
@@ -139,12 +146,15 @@ class Predictor:
         """Class probabilities of raw samples.
 
         Args:
-            x: Raw features, ``(n_samples, raw_features)`` (or one sample as a 1-D row).
+            x: Raw features, ``(n_samples, raw_features)`` (or one sample as a 1-D row). Zero rows
+                give zero rows back, as any filtered batch may be empty.
 
         Returns:
-            Float array ``(n_samples, n_classes)``, columns in ``class_names`` order.
+            Float32 array ``(n_samples, n_classes)``, columns in ``class_names`` order.
         """
         features = self._features(x)
+        if len(features) == 0:
+            return np.empty((0, len(self.class_names)), dtype=np.float32)
         with torch.inference_mode():
             return self.model.predict_proba(features).numpy()
 
@@ -157,13 +167,56 @@ class Predictor:
         return f"Predictor({kind}, classes={self.class_names}, raw_features={self.raw_features})"
 
 
-def _predictor(model: HybridClassifier, dm_state: dict[str, Any] | None, path: Path, quantized: bool) -> Predictor:
-    if dm_state is None:
-        raise QlitError(f"{path}: holds no fitted preprocessing (was it saved by a qlit data module?)")
+def _predictor(model: HybridClassifier, dm_state: dict[str, Any], quantized: bool) -> Predictor:
     preprocessor = Preprocessor()
     preprocessor.load_state_dict(dm_state["preprocessing"])
     raw = int(dm_state.get("raw_features", preprocessor.in_features))
     return Predictor(model, preprocessor, dm_state["class_names"], raw, quantized)
+
+
+def _check_lightning_checkpoint(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Raise a `QlitError` unless a checkpoint can build a `Predictor`; returns its data-module state."""
+    hparams = check_hyperparameters(checkpoint["hyper_parameters"], path)
+    check_tensors(checkpoint["state_dict"], path, "weights")
+    check_weight_shapes({k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}, hparams, path)
+    where = next((k for k, v in checkpoint.items() if isinstance(v, dict) and "preprocessing" in v), None)
+    if where is None:
+        raise QlitError(f"{path}: holds no fitted preprocessing (was it saved by a qlit data module?)")
+    check_datamodule_state(checkpoint[where], path, hparams, where)
+    return checkpoint[where]
+
+
+def _check_int8_artifact(artifact: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Raise a `QlitError` unless an INT8 artifact can build a `Predictor`; returns its data-module state."""
+    hparams = check_hyperparameters(artifact.get("hyper_parameters"), path)
+    missing = [key for key in ("float_state_dict", "int8_layers", "datamodule") if key not in artifact]
+    if missing:
+        raise QlitError(f"{path}: INT8 artifact lacks {missing[0]}")
+    floats, layers = artifact["float_state_dict"], artifact["int8_layers"]
+    check_tensors(floats, path, "float weights")
+    if not isinstance(layers, dict) or not layers:
+        raise QlitError(f"{path}: INT8 artifact's int8_layers are {type(layers).__name__}, not named layers")
+    shapes = {key: tuple(value.shape) for key, value in floats.items()}
+    for name, layer in layers.items():
+        if not isinstance(name, str) or not isinstance(layer, dict) or sorted(layer) != ["qweight", "scale"]:
+            raise QlitError(f"{path}: INT8 layer {name!r} is not a pair of qweight and scale tensors")
+        check_tensors(layer, path, f"INT8 layer {name}")
+        qweight, scale = layer["qweight"], layer["scale"]
+        if qweight.dtype != torch.int8 or qweight.ndim != 2 or qweight.shape[1] < 2:
+            raise QlitError(
+                f"{path}: INT8 layer {name} qweight is a {qweight.dtype} tensor of shape {tuple(qweight.shape)}, "
+                "not a 2-D int8 one with a bias column"
+            )
+        if scale.numel() != 1 or not scale.is_floating_point():
+            raise QlitError(
+                f"{path}: INT8 layer {name} scale is a {scale.dtype} tensor of {scale.numel()} values, not one float"
+            )
+        if f"{name}.weight" in shapes:
+            raise QlitError(f"{path}: INT8 artifact holds {name} both as INT8 and as float weights")
+        shapes |= {f"{name}.weight": (qweight.shape[0], qweight.shape[1] - 1), f"{name}.bias": (qweight.shape[0],)}
+    check_weight_shapes(shapes, hparams, path)
+    check_datamodule_state(artifact["datamodule"], path, hparams, "datamodule")
+    return artifact["datamodule"]
 
 
 def load_model(path: str | Path, backend: str | None = None) -> Predictor:
@@ -189,13 +242,22 @@ def load_model(path: str | Path, backend: str | None = None) -> Predictor:
         version = content.get("format_version")
         if version != INT8_FORMAT_VERSION:
             raise QlitError(f"{path}: INT8 artifact format version {version!r}, this qlit reads {INT8_FORMAT_VERSION}")
-        return _predictor(classifier_from_int8(content, backend), content.get("datamodule"), path, quantized=True)
+        dm_state = _check_int8_artifact(content, path)
+        return _predictor(_built(classifier_from_int8, content, backend, path), dm_state, quantized=True)
     if "state_dict" in content and "hyper_parameters" in content:
-        model = classifier_from_checkpoint(content, backend)
-        return _predictor(model, datamodule_state(content), path, quantized=False)
+        dm_state = _check_lightning_checkpoint(content, path)
+        return _predictor(_built(classifier_from_checkpoint, content, backend, path), dm_state, quantized=False)
     if content and all(isinstance(v, torch.Tensor) for v in content.values()):
         raise QlitError(
             f"{path}: is a plain state_dict without hyperparameters or preprocessing; load the run's "
             "checkpoints/best.ckpt or model_int8.pt instead, or rebuild HybridNet and call load_state_dict"
         )
     raise QlitError(f"{path}: not a qlit checkpoint or INT8 artifact")
+
+
+def _built(build: Any, content: dict[str, Any], backend: str | None, path: Path) -> HybridClassifier:
+    """``build(content, backend)``, with the file named in a refusal of its settings (e.g. ``lr=0``)."""
+    try:
+        return build(content, backend)
+    except QlitError as err:
+        raise QlitError(f"{path}: {err}") from None

@@ -24,6 +24,18 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
+def _title(fig: Figure, title: str) -> None:
+    """Title the figure, centred on it, and widen the figure if the title would not fit.
+
+    An axes title is centred on the axes, which the tick labels push right, so a long one ran off the
+    figure's edge; the figure's own title only needs the figure to be wide enough.
+    """
+    text = fig.suptitle(title, fontsize=10)
+    needed = text.get_window_extent(fig.canvas.get_renderer()).width / fig.dpi + 0.3
+    if needed > fig.get_figwidth():
+        fig.set_figwidth(needed)
+
+
 def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
     """Counts of true (rows) against predicted (columns) classes, each cell annotated."""
     matrix = np.asarray(matrix)
@@ -35,7 +47,7 @@ def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], titl
     ax.set_yticks(range(n), class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title, fontsize=10)
+    _title(fig, title)
     threshold = matrix.max() / 2 if matrix.size and matrix.max() > 0 else 1
     for i in range(n):
         for j in range(n):
@@ -59,7 +71,7 @@ def pca_scatter_figure(
     ax.scatter([], [], s=22, marker="x", color="grey", label="test fold")
     ax.set_xlabel("PC1")
     ax.set_ylabel("PC2")
-    ax.set_title(title, fontsize=10)
+    _title(fig, title)
     ax.legend(fontsize=8, markerscale=1.5, loc="best")
     return fig
 
@@ -83,9 +95,44 @@ def fold_bars_figure(
     ax.set_xticks(x, labels)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
+    _title(fig, title)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=n_models, frameon=False)
     ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def barren_plateau_figure(records: Sequence[dict]) -> Figure:
+    """Gradient variance against ``n_qubits``, log scale, one line per depth; ``uniform`` solid, ``model`` dashed.
+
+    Takes the records of `qlit.diagnostics.barren_plateau_sweep`; a grey dotted line shows ``2^-n`` through the
+    first ``uniform`` line's first point, the decay of an exponential barren plateau.
+    """
+    fig = _figure(6.0, 4.2)
+    ax = fig.add_subplot()
+    depths = sorted({r["n_layers"] for r in records})
+    styles = {"uniform": ("-", "o"), "model": ("--", "s")}
+    for init in dict.fromkeys(r["init"] for r in records):
+        for d, layers in enumerate(depths):
+            line = sorted((r for r in records if r["init"] == init and r["n_layers"] == layers),
+                          key=lambda r: r["n_qubits"])
+            if not line:
+                continue
+            style, marker = styles.get(init, (":", "^"))
+            ax.plot([r["n_qubits"] for r in line], [r["variance"] for r in line], style, marker=marker,
+                    color=PALETTE[d % len(PALETTE)], label=f"{layers} layers, init {init}")
+    reference = sorted((r for r in records if r["init"] == "uniform"), key=lambda r: (r["n_layers"], r["n_qubits"]))
+    if reference:
+        widths = np.array(sorted({r["n_qubits"] for r in records}), dtype=float)
+        start = reference[0]
+        ax.plot(widths, start["variance"] * 2.0 ** (start["n_qubits"] - widths), ":", color="grey", label="∝ 2^-n")
+    ax.set_yscale("log")
+    ax.set_xticks(sorted({r["n_qubits"] for r in records}))
+    ax.set_xlabel("n_qubits")
+    ax.set_ylabel("Var[∂C/∂θ] (mean over angles)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="best")
+    first = records[0] if records else {"ansatz": "?", "cost": "?", "n_samples": 0}
+    _title(fig, f"barren plateau: {first['ansatz']} ansatz, C = {first['cost']}, {first['n_samples']} initialisations")
     return fig
 
 

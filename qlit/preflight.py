@@ -35,6 +35,8 @@ def preflight(cli: Any, subcommand: str) -> None:
     checkpoint = getattr(cli, "_checkpoint", None)
     if ckpt_path and checkpoint is not None:
         check_checkpoint_fits(checkpoint, Path(ckpt_path), cli.model, cli.datamodule, subcommand)
+        if cli.datamodule is not None:
+            check_split(checkpoint, Path(ckpt_path), cli.datamodule, subcommand)
     if subcommand == "fit" and not ckpt_path:
         _check_fresh_run_folder(config)
 
@@ -59,6 +61,10 @@ def check_checkpoint_fits(checkpoint: dict[str, Any], path: Path, model: Any, da
         problem = f"it has a parameter this model lacks, {unexpected[0]}" if unexpected else None
     if problem is not None:
         raise QlitError(f"{path} was trained with a different architecture{_hparam_diff(checkpoint, model)}: {problem}")
+    if subcommand == "fit":
+        from qlit.checkpoint_io import check_optimizer_fits
+
+        check_optimizer_fits(checkpoint, path, model)
     if datamodule is None:
         return
     data_state = checkpoint.get(type(datamodule).__qualname__)
@@ -74,6 +80,60 @@ def check_checkpoint_fits(checkpoint: dict[str, Any], path: Path, model: Any, da
     names = data_state.get("class_names")
     if subcommand != "predict" and names is not None and list(names) != list(datamodule.class_names):
         raise QlitError(f"{path} was trained on classes {list(names)}; this data has {list(datamodule.class_names)}")
+
+
+_VERB = {"fit": "resumes training on", "validate": "validates on", "test": "tests on", "predict": "predicts"}
+
+
+def check_split(checkpoint: dict[str, Any], path: Path, datamodule: Any, subcommand: str) -> None:
+    """Refuse a checkpoint whose model was trained on another split than the one this command uses.
+
+    A checkpoint records the identity of its split (`KFoldDataModule.split_identity`: hashes of the
+    data and of each split's rows). ``validate``, ``test``, ``predict`` on the test fold and resumed
+    ``fit`` need exactly that split: any other could score, or train on, rows the model was trained
+    or tested on. ``predict --data.predict_file`` scores new samples, which is not a test, so it
+    needs no match.
+
+    Raises:
+        QlitError: the split differs or the checkpoint records none; the message names both splits.
+    """
+    if subcommand == "predict" and getattr(datamodule, "predict_file", None):
+        return
+    state = checkpoint.get(type(datamodule).__qualname__)
+    saved = state.get("split") if isinstance(state, dict) else None
+    verb = _VERB.get(subcommand, subcommand)
+    if not isinstance(saved, dict):
+        raise QlitError(
+            f"{path} does not record the split it was trained on (saved by an older qlit?), so qlit cannot "
+            f"tell whether the rows this command {verb} were its training rows; retrain it with this qlit"
+        )
+    current = datamodule.split_identity()
+    keys = ("data_sha256", "train_sha256", "val_sha256", "test_sha256")
+    if all(saved.get(key) == current[key] for key in keys):
+        return
+    if saved.get("data_sha256") != current["data_sha256"]:
+        raise QlitError(
+            f"{path} was trained on other data ({_describe_source(saved)}) than this command reads "
+            f"({_describe_source(current)}); use the config it was trained with"
+        )
+    raise QlitError(
+        f"{path} was trained on {_describe_split(saved)}, but this command {verb} {_describe_split(current)}, "
+        f"whose rows include rows that model trained or was tested on; use the config it was trained with"
+        + (f" (--data.fold {saved['fold']})" if saved.get("fold") != current["fold"] else "")
+    )
+
+
+def _describe_split(split: dict[str, Any]) -> str:
+    return (
+        f"fold {split.get('fold')} of {split.get('num_folds')} (split_seed {split.get('split_seed')}, "
+        f"val_fraction {split.get('val_fraction')})"
+    )
+
+
+def _describe_source(split: dict[str, Any]) -> str:
+    source = split.get("source") or {}
+    details = ", ".join(f"{key}={value}" for key, value in source.items())
+    return f"{split.get('data_module')}: {details}" if details else str(split.get("data_module"))
 
 
 def _hparam_diff(checkpoint: dict[str, Any], model: Any) -> str:
@@ -100,3 +160,32 @@ def _check_fresh_run_folder(config: Any) -> None:
                 f"{folder} already holds checkpoints of an earlier run; resume it with --ckpt_path last "
                 "or leave trainer.logger.init_args.version unset for a new run"
             )
+
+
+_LINKED = {"in_features", "num_classes", "class_names"}  # set from the data module, not by the user
+
+
+def check_resume_overrides(checkpoint: dict[str, Any], path: Path, model_config: Any) -> None:
+    """Refuse a resumed ``fit`` whose model settings differ from those the checkpoint was trained with.
+
+    LightningCLI rebuilds a resumed model from the checkpoint's hyperparameters, and the optimizer
+    and scheduler state it restores were made with them, so ``--ckpt_path last --model.lr 0.5``
+    would silently keep the old ``lr``. Changing a model setting means a new run.
+
+    Raises:
+        QlitError: naming every setting that differs, with both values.
+    """
+    saved = checkpoint.get("hyper_parameters")
+    if not isinstance(saved, dict) or model_config is None:
+        return
+    given = dict(model_config.items()) if hasattr(model_config, "items") else {}
+    diffs = [
+        f"model.{key}={given[key]!r} here but {saved[key]!r} in the checkpoint"
+        for key in sorted(set(given) & set(saved) - _LINKED)
+        if given[key] is not None and given[key] != saved[key]
+    ]
+    if diffs:
+        raise QlitError(
+            f"resuming {path} keeps the settings it was trained with, so {'; '.join(diffs)}: "
+            "drop the override to resume, or start a new run (without --ckpt_path) to change it"
+        )

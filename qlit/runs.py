@@ -7,6 +7,8 @@ training, test metrics, predictions) to the version folder the checkpoint came f
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +17,27 @@ from qlit.errors import QlitError
 SHORTHANDS = {"last": "last.ckpt", "best": "best.ckpt"}
 
 
-def find_checkpoint(experiment_dir: str | Path, which: str) -> Path | None:
-    """The most recently written ``last.ckpt`` or ``best.ckpt`` among the experiment's run folders.
+def find_checkpoint(experiment_dir: str | Path, which: str, version: str | None = None) -> Path | None:
+    """The most recently written ``last.ckpt`` or ``best.ckpt`` of the experiment's own ``fit`` runs.
 
-    Run folders are ``version_<n>`` of ``qlit fit`` and the ``fold_<k>`` of ``qlit cv``; their names
-    do not order them in time, so the checkpoint files' modification times do.
+    Those are its ``version_<n>`` folders, or only ``version`` when the logger names one. The
+    folders ``qlit cv`` and sweeps write beside them (``fold_<k>``, ``classical_twin``, ``cv_<n>``)
+    are evaluations, never candidates: a fold's checkpoint was tested on its own split. Folder names
+    do not order runs in time, so the checkpoint files' modification times do.
     """
     filename = SHORTHANDS[which]
     experiment_dir = Path(experiment_dir)
     if not experiment_dir.is_dir():
         return None
-    found = [p / "checkpoints" / filename for p in experiment_dir.iterdir() if (p / "checkpoints" / filename).is_file()]
+    if version is not None:
+        runs = [experiment_dir / version]
+    else:
+        runs = [p for p in experiment_dir.iterdir() if re.fullmatch(r"version_\d+", p.name)]
+    found = [p / "checkpoints" / filename for p in runs if (p / "checkpoints" / filename).is_file()]
     return max(found, key=lambda f: (f.stat().st_mtime_ns, str(f))) if found else None
 
 
-def resolve_checkpoint(ckpt_path: str, experiment_dir: str | Path | None) -> Path | None:
+def resolve_checkpoint(ckpt_path: str, experiment_dir: str | Path | None, version: str | None = None) -> Path | None:
     """Turn ``last``, ``best`` or a path into an existing checkpoint file.
 
     Returns ``None`` for ``last`` when the experiment has no checkpoint yet (a first run).
@@ -38,14 +46,14 @@ def resolve_checkpoint(ckpt_path: str, experiment_dir: str | Path | None) -> Pat
         QlitError: ``best`` has no checkpoint, or the path does not exist.
     """
     if ckpt_path in SHORTHANDS:
-        found = find_checkpoint(experiment_dir, ckpt_path) if experiment_dir is not None else None
+        found = find_checkpoint(experiment_dir, ckpt_path, version) if experiment_dir is not None else None
         if found is None and ckpt_path == "best":
-            raise QlitError(f"no best.ckpt under {experiment_dir}; train with 'qlit fit' first")
+            where = Path(experiment_dir) / (version or "version_*")
+            raise QlitError(f"no best.ckpt of a 'qlit fit' run under {where}; train with 'qlit fit' first")
         return found
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise QlitError(f"checkpoint not found: {ckpt_path}")
-    return path
+    from qlit.checkpoint_io import check_checkpoint_file  # torch is imported only when a file is named
+
+    return check_checkpoint_file(ckpt_path)
 
 
 def version_of(checkpoint: Path, experiment_dir: str | Path) -> str | None:
@@ -75,3 +83,73 @@ def tensorboard_loggers(config: Any) -> list[Any]:
         for logger in (loggers if isinstance(loggers, list) else [loggers])
         if str(getattr(logger, "class_path", "") or "").endswith("TensorBoardLogger")
     ]
+
+
+def claim_version(experiment_dir: Path, prefix: str = "version") -> Path:
+    """Create and return the first free ``<prefix>_<n>`` folder of an experiment (``version_<n>``), atomically.
+
+    ``os.mkdir`` either creates the folder or fails because it exists, so two runs started together
+    never share one, whatever their timing. The folders it had to create on the way are remembered,
+    so `release_if_empty` can take them all back after a failed start.
+
+    Raises:
+        QlitError: the folder cannot be created (a read-only folder, a file in the way, a full disk).
+    """
+    created = _make_parents(experiment_dir)
+    pattern = re.compile(rf"{re.escape(prefix)}_(\d+)")
+    taken = [int(m.group(1)) for p in experiment_dir.iterdir() if (m := pattern.fullmatch(p.name))]
+    n = max(taken, default=-1) + 1
+    while True:
+        folder = experiment_dir / f"{prefix}_{n}"
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            n += 1
+            continue
+        except OSError as err:
+            raise QlitError(f"cannot create the run folder {folder}: {err.strerror}") from None
+        _CREATED[folder] = [*created, folder]
+        return folder
+
+
+def claim_file(path: Path) -> bool:
+    """Create ``path`` empty if no file of that name exists; ``False`` if another run got there first."""
+    try:
+        _make_parents(path.parent)
+        with open(path, "x"):
+            return True
+    except FileExistsError:
+        return False
+    except OSError as err:
+        raise QlitError(f"cannot create {path}: {err.strerror}") from None
+
+
+def release_if_empty(folder: Path) -> None:
+    """Remove a folder `claim_version` made, and the parents it made for it, while they are empty."""
+    for path in reversed(_CREATED.pop(folder, [folder])):
+        try:
+            path.rmdir()
+        except OSError:
+            return
+
+
+_CREATED: dict[Path, list[Path]] = {}
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """``mkdir -p`` that reports which folders it created; a one-line error when it cannot."""
+    missing = []
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise QlitError(f"cannot create {folder}: {probe} is a file, not a folder")
+    for path in reversed(missing):
+        try:
+            path.mkdir(exist_ok=True)
+        except OSError as err:
+            raise QlitError(f"cannot create {path}: {err.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise QlitError(f"cannot write into {folder}: permission denied")
+    return list(reversed(missing))

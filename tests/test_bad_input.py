@@ -9,6 +9,7 @@ may only add its own new version folder).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import shutil
@@ -78,6 +79,24 @@ def one_population(name: str) -> Callable[[Path], None]:
     return make
 
 
+def write_bytes(name: str, content: bytes) -> Callable[[Path], None]:
+    return lambda tmp: (tmp / name).write_bytes(content)
+
+
+def directory(name: str) -> Callable[[Path], None]:
+    return lambda tmp: (tmp / name).mkdir()
+
+
+def fifo(name: str) -> Callable[[Path], None]:
+    return lambda tmp: os.mkfifo(tmp / name)
+
+
+# Ten individuals of each of AFR and EUR, 10 SNPs: a genotype file the ONE_POPULATION options read.
+GENOTYPES = "population," + ",".join(f"rs{i}" for i in range(10)) + "\n" + "".join(
+    f"{'AFR' if i % 2 else 'EUR'}," + ",".join(str((i * j) % 3) for j in range(10)) + "\n" for i in range(20)
+)
+
+
 def truncate(relative: str, keep: int = 600) -> Callable[[Path], None]:
     def cut(tmp: Path) -> None:
         path = tmp / relative
@@ -99,6 +118,7 @@ FIT_GENOMIC = ["fit", "--config", GENOMIC]
 PREDICT = ["predict", "--config", IRIS, "--ckpt_path=best"]
 BEST = str(RUN / "checkpoints" / "best.ckpt")
 LAST = str(RUN / "checkpoints" / "last.ckpt")
+TWO_SNPS = ["--data.init_args.n_snps=2", "--data.init_args.n_components=2"]
 ONE_POPULATION = [
     "--data.init_args.genotype_file=one.csv",
     "--data.init_args.n_snps=10",
@@ -156,8 +176,115 @@ CASES = [
         ["three.csv", "3", "4"],
         write("three.csv", "a,b,c\n1,2,3\n"),
     ),
+    case(
+        "predict-one-row-underscore-number",
+        [*PREDICT, "--data.init_args.predict_file=us.csv"],
+        ["us.csv", "line 3", "'a'", "'1_000'"],
+        write("us.csv", "a,b,c,d\n5.1,3.5,1.4,0.2\n1_000,3.5,1.4,0.2\n"),
+    ),
+    case(
+        "predict-duplicate-id-column",
+        [*PREDICT, "--data.init_args.predict_file=dup.csv"],
+        ["dup.csv", "'id'", "twice"],
+        write("dup.csv", "id,id,a,b,c\n1,2,3,4,5\n"),
+    ),
+    case(
+        "predict-header-and-no-rows",
+        [*PREDICT, "--data.init_args.predict_file=h.csv"],
+        ["h.csv", "no samples"],
+        write("h.csv", "id,a,b,c,d\n\n"),
+    ),
+    case(
+        "predict-file-is-a-directory",
+        [*PREDICT, "--data.init_args.predict_file=folder.csv"],
+        ["folder.csv", "directory"],
+        directory("folder.csv"),
+    ),
+    case(
+        "predict-file-is-a-fifo",
+        [*PREDICT, "--data.init_args.predict_file=pipe.csv"],
+        ["pipe.csv", "not a regular file"],
+        fifo("pipe.csv"),
+    ),
     case("genotype-file-missing", [*FIT_GENOMIC, "--data.init_args.genotype_file=absent.csv"], ["absent.csv"]),
     case("genotype-file-one-class", [*FIT_GENOMIC, *ONE_POPULATION], ["one.csv", "EUR"], one_population("one.csv")),
+    case(
+        "genotype-file-gzip",
+        [*FIT_GENOMIC, *ONE_POPULATION, "--data.init_args.genotype_file=g.csv.gz"],
+        ["g.csv.gz", "gzip"],
+        write_bytes("g.csv.gz", gzip.compress(GENOTYPES.encode())),
+    ),
+    case(
+        "genotype-file-utf16",
+        [*FIT_GENOMIC, *ONE_POPULATION, "--data.init_args.genotype_file=u16.csv"],
+        ["u16.csv", "UTF-16"],
+        write_bytes("u16.csv", GENOTYPES.encode("utf-16")),
+    ),
+    case(
+        "genotype-file-random-bytes",
+        [*FIT_GENOMIC, *ONE_POPULATION, "--data.init_args.genotype_file=noise.csv"],
+        ["noise.csv", "not a text CSV file"],
+        write_bytes("noise.csv", np.random.default_rng(0).bytes(4000)),
+    ),
+    case(
+        "genotype-file-utf8-bytes-that-are-not-text",
+        [*FIT_GENOMIC, *ONE_POPULATION, "--data.init_args.genotype_file=latin1.csv"],
+        ["latin1.csv", "UTF-8", "line 2"],
+        write_bytes("latin1.csv", b"population,rs0\nAFR\xe9,0\n"),
+    ),
+    case(
+        "genotype-file-short-row-population-last",
+        [*FIT_GENOMIC, *ONE_POPULATION, "--data.init_args.genotype_file=short.csv"],
+        ["short.csv", "line 3", "2 columns", "11"],
+        write("short.csv", "rs0,rs1,rs2,rs3,rs4,rs5,rs6,rs7,rs8,rs9,population\n0,1,2,0,1,2,0,1,2,0,AFR\n0,1\n"),
+    ),
+    case(
+        "genotype-file-byte-order-mark-and-bad-population",
+        [*FIT_GENOMIC, *ONE_POPULATION, "--data.init_args.genotype_file=bom.csv"],
+        ["bom.csv", "line 3", "'MARS'"],
+        write_bytes("bom.csv", ("population,rs0\nAFR,0\nMARS,1\n").encode("utf-8-sig")),
+    ),
+    case(
+        "genotype-file-duplicate-column",
+        [*FIT_GENOMIC, *ONE_POPULATION, "--data.init_args.genotype_file=dupsnp.csv"],
+        ["dupsnp.csv", "'rs0'", "twice"],
+        write("dupsnp.csv", "population,rs0,rs0\nAFR,0,1\n"),
+    ),
+    case(
+        "genotype-file-three-rows",
+        [*FIT_GENOMIC, *ONE_POPULATION, "--data.init_args.genotype_file=three.csv", *TWO_SNPS],
+        ["three.csv", "'EUR'", "only 1", "at least 2"],
+        write("three.csv", "population,rs0,rs1\nAFR,0,1\nEUR,1,2\nAFR,2,0\n"),
+    ),
+    case(
+        "genotype-file-is-a-directory",
+        [*FIT_GENOMIC, *ONE_POPULATION, "--data.init_args.genotype_file=gdir"],
+        ["gdir", "directory"],
+        directory("gdir"),
+    ),
+    case(
+        "genotype-file-is-a-fifo",
+        [*FIT_GENOMIC, *ONE_POPULATION, "--data.init_args.genotype_file=gpipe"],
+        ["gpipe", "not a regular file"],
+        fifo("gpipe"),
+    ),
+    # split and data options
+    case("val_fraction-empty-val", [*FIT, "--data.init_args.val_fraction=0.01"], ["val_fraction=0.01", "validation"]),
+    case("val_fraction-empty-train", [*FIT, "--data.init_args.val_fraction=0.99"], ["val_fraction=0.99", "training"]),
+    case("num_workers-negative", [*FIT, "--data.init_args.num_workers=-1"], ["num_workers", "-1"]),
+    case("split_seed-negative", [*FIT, "--data.init_args.split_seed=-1"], ["split_seed", "-1"]),
+    case("split_seed-too-large", [*FIT, "--data.init_args.split_seed=4294967296"], ["split_seed", "4294967296"]),
+    case("data_seed-negative", [*FIT_GENOMIC, "--data.init_args.data_seed=-1"], ["data_seed", "-1"]),
+    case(
+        "n_components-more-than-training-rows",
+        [*FIT_GENOMIC, "--data.init_args.n_individuals=30", "--data.init_args.n_components=20"],
+        ["n_components=20", "training rows"],
+    ),
+    case(
+        "n_individuals-fewer-than-populations",
+        [*FIT_GENOMIC, "--data.init_args.n_individuals=3"],
+        ["n_individuals=3", "AMR"],
+    ),
     # checkpoints
     case("checkpoint-missing", ["test", "--config", IRIS, "--ckpt_path=gone.ckpt"], ["gone.ckpt"]),
     case("checkpoint-truncated", [*FIT, "--ckpt_path=last"], ["last.ckpt", "truncated"], truncate(LAST)),
@@ -188,11 +315,12 @@ CASES = [
 ]
 
 
-def run_main(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int | str | None, list[str]]:
-    capsys.readouterr()
+def run_main(args: list[str], capfd: pytest.CaptureFixture) -> tuple[int | str | None, list[str]]:
+    """Run ``qlit`` in-process; its exit status and the non-blank lines written to fd 2 (logging included)."""
+    capfd.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         main([*args, *QUICK])
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
     return exit_info.value.code, lines
 
 
@@ -201,10 +329,10 @@ def test_the_table_has_at_least_twenty_distinct_cases():
 
 
 @pytest.mark.parametrize(("prepare", "args", "words", "trains"), CASES)
-def test_bad_input_is_one_line_naming_the_culprit(run_copy: Path, capsys, prepare, args, words, trains):
+def test_bad_input_is_one_line_naming_the_culprit(run_copy: Path, capfd, prepare, args, words, trains):
     prepare(run_copy)
     before = snapshot(run_copy)
-    code, lines = run_main(args, capsys)
+    code, lines = run_main(args, capfd)
     assert code == 2
     assert len(lines) == 1, lines
     assert lines[0].startswith("qlit: error: ")
@@ -227,9 +355,9 @@ class PoisonFeatures(L.Callback):
             batch[0][0, 0] = float("nan")
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(capsys):
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(capfd):
     poison = f"--trainer.callbacks+={PoisonFeatures.__module__}.PoisonFeatures"
-    code, lines = run_main(["fit", "--config", IRIS, "--trainer.max_epochs=5", poison], capsys)
+    code, lines = run_main(["fit", "--config", IRIS, "--trainer.max_epochs=5", poison], capfd)
     assert code == 2 and len(lines) == 1
     last = RUN / "checkpoints" / "last.ckpt"
     assert "training loss became nan at epoch 2" in lines[0] and str(last) in lines[0]
@@ -260,3 +388,41 @@ def test_qlit_debug_raises_instead(monkeypatch):
         seen.append(chain)
         chain = chain.__cause__ or chain.__context__
     assert any(isinstance(e, QlitError) and "n_qubits" in str(e) for e in seen)
+
+
+def _as_reader_without_root_powers() -> list[str]:
+    """A command prefix under which a mode-000 file cannot be read, even when the tests run as root."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root and setpriv is missing: no way to make a file unreadable")
+    # Root reads any file through CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH; without them it obeys the mode bits.
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["fit", "--config", GENOMIC, *ONE_POPULATION[1:], "--data.init_args.genotype_file=secret.csv"],
+                     id="genotype-file"),
+        pytest.param([*PREDICT, "--data.init_args.predict_file=secret.csv"], id="predict-file"),
+    ],
+)
+def test_unreadable_input_file_is_one_line_in_the_real_process(run_copy: Path, args):
+    secret = run_copy / "secret.csv"
+    secret.write_text("a,b,c,d\n5.1,3.5,1.4,0.2\n")
+    before = snapshot(run_copy)
+    secret.chmod(0)
+    prefix = _as_reader_without_root_powers()
+    probe = subprocess.run([*prefix, sys.executable, "-c", "open('secret.csv').read()"], capture_output=True)
+    assert probe.returncode != 0 and b"PermissionError" in probe.stderr, "the file must really be unreadable"
+    env = {k: v for k, v in os.environ.items() if k != "QLIT_DEBUG"}
+    done = subprocess.run(
+        [*prefix, sys.executable, "-m", "qlit", *args, *QUICK], capture_output=True, text=True, env=env, timeout=120
+    )
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("qlit: error: "), lines
+    assert "secret.csv" in lines[0] and "permission denied" in lines[0], lines[0]
+    secret.chmod(0o644)
+    assert snapshot(run_copy) == before

@@ -48,7 +48,7 @@ def test_fit_test_predict_share_one_run_folder(tmp_path: Path):
     assert (run_dir / "config.yaml").is_file()
 
     tags = scalars(run_dir)
-    for tag in ("train_loss", "train_acc", "val_loss", "val_acc", "lr-Adam", "quantum_grad_norm", "quantum_grad_var"):
+    for tag in ("train_loss", "train_acc", "val_loss", "val_acc", "lr-Adam", "quantum_grad_norm", "quantum_grad_rms"):
         assert tag in tags, tag
     assert len(tags["val_loss"]) == 2 and tags["quantum_grad_norm"][0].value > 0
 

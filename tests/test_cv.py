@@ -53,7 +53,7 @@ def test_cv_summary_schema_and_statistics(iris_cv):
     root, summary, printed = iris_cv
     assert summary["metric"] == "test_acc" and summary["num_folds"] == FOLDS
     models = {"hybrid": summary, **summary["baselines"]}
-    assert set(summary["baselines"]) == {"classical_twin", "logistic_regression"}
+    assert set(summary["baselines"]) == {"classical_twin", "logistic_regression", "majority_class"}
     t = stats.t.ppf(0.975, FOLDS - 1)
     assert t == pytest.approx(4.303, abs=1e-3)  # Student t, 2 dof: the tables' value
     for name, result in models.items():

@@ -94,3 +94,34 @@ def test_two_process_ddp_matches_one_process(in_tmp_path: Path, monkeypatch):
     assert len(ddp_rows) == 200 and [r[:2] for r in ddp_rows] == [r[:2] for r in single_rows]
     for ddp_row, single_row in zip(ddp_rows, single_rows):
         assert [float(v) for v in ddp_row[2:]] == pytest.approx([float(v) for v in single_row[2:]], abs=2e-6)
+
+
+PEER_DIES = '''
+import os
+
+import lightning as L
+
+
+class Rank1Dies(L.Callback):
+    """The second DDP process dies in epoch 1, as a process killed by the OOM killer would."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == 1 and trainer.current_epoch == 1:
+            os._exit(9)
+'''
+
+
+def test_a_dead_ddp_peer_stops_the_job_in_one_line(in_tmp_path: Path):
+    (in_tmp_path / "qlit_peer.py").write_text(PEER_DIES)
+    env = {k: v for k, v in os.environ.items() if k not in ("QLIT_DEBUG", "PL_GLOBAL_SEED")}
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(in_tmp_path), env.get("PYTHONPATH")])), QLIT_DDP_TIMEOUT="20")
+    args = [
+        "fit", "--config", str(CONFIGS / "iris.yaml"), "--trainer.max_epochs=3",
+        "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
+        "--trainer.callbacks+=qlit_peer.Rank1Dies", *QUICK,
+    ]  # fmt: skip
+    proc = qlit_subprocess(args, in_tmp_path, env)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("qlit: error:")]
+    assert errors and "a DDP process stopped answering" in errors[-1], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr.split("qlit: error:")[-1]

@@ -68,8 +68,36 @@ def test_hybrid_net_trains_on_cuda():
 
 @pytest.mark.parametrize("backend", ["qlit", "default.qubit"])
 def test_fit_with_gpu_accelerator(tmp_path: Path, backend: str):
-    main(["fit", "--config", IRIS, "--trainer.accelerator=gpu", "--trainer.max_epochs=2", f"--model.backend={backend}", *QUICK])
+    main(["fit", "--config", IRIS, "--trainer.accelerator=gpu", "--trainer.max_epochs=2", f"--model.backend={backend}",
+          *QUICK])
     checkpoint = tmp_path / "lightning_logs" / "iris" / "version_0" / "checkpoints" / "last.ckpt"
     assert checkpoint.is_file()
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     assert any(key.endswith("circuit.weights") for key in state)
+
+
+@pytest.mark.parametrize("backend,fused", [("qlit", True), ("qlit", False), ("default.qubit", None)])
+def test_float16_autocast_on_cuda_matches_float32(backend, fused):
+    torch.manual_seed(0)
+    layer = QuantumLayer(4, 2, "strong", "X", backend=backend).cuda()
+    if fused is not None:
+        layer.circuit.fused = fused
+    x = (torch.rand(32, 4, device="cuda") * 3 - 1.5).half()  # what a float16 pre-net hands over
+    reference = _outputs_and_grads(layer, x.float())
+    with torch.autocast("cuda", dtype=torch.float16):
+        inputs = x.clone().requires_grad_()
+        out = layer(inputs)
+    assert out.dtype == torch.float32
+    layer.zero_grad()
+    (out * torch.linspace(-1, 1, out.numel(), device="cuda").reshape(out.shape)).sum().backward()  # outside autocast
+    assert (out.detach().cpu() - reference[0]).abs().max().item() < 1e-5
+    assert (layer.weights.grad.cpu() - reference[1]).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["qlit", "default.qubit"])
+def test_fit_with_16_mixed_precision(tmp_path: Path, backend: str):
+    main(["fit", "--config", IRIS, "--trainer.accelerator=gpu", "--trainer.precision=16-mixed",
+          "--trainer.max_epochs=1", f"--model.backend={backend}", *QUICK])
+    checkpoint = tmp_path / "lightning_logs" / "iris" / "version_0" / "checkpoints" / "last.ckpt"
+    weights = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]["net.core.circuit.weights"]
+    assert weights.dtype == torch.float32 and torch.isfinite(weights).all()

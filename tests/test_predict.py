@@ -30,6 +30,18 @@ def run(tmp_path_factory) -> tuple[Path, list[str]]:
     return root / "iris" / "version_0", [*args, "--ckpt_path", "best"]
 
 
+@pytest.fixture(scope="module")
+def run3(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A one-epoch fit on all three Iris species."""
+    root = tmp_path_factory.mktemp("predict3")
+    classes = "--data.init_args.classes=[setosa,versicolor,virginica]"
+    args = ["--config", IRIS, classes, f"--trainer.logger.init_args.save_dir={root}", *QUICK]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        main(["fit", *args, "--trainer.max_epochs=1"])
+    return root / "iris" / "version_0", [*args, "--ckpt_path", "best"]
+
+
 def _rows(path: Path) -> list[list[str]]:
     with path.open(newline="") as handle:
         return list(csv.reader(handle))
@@ -74,6 +86,34 @@ def _written_by(run_dir: Path, action) -> Path:
     action()
     (written,) = set(run_dir.glob("predictions*.csv")) - before
     return written
+
+
+def _assert_same_predictions(rows: list[list[str]], expected: list[list[str]]) -> None:
+    assert rows[0] == expected[0]
+    assert [r[:2] for r in rows[1:]] == [r[:2] for r in expected[1:]]
+    got = np.array([[float(v) for v in r[2:]] for r in rows[1:]])
+    np.testing.assert_allclose(got, [[float(v) for v in r[2:]] for r in expected[1:]], atol=2e-6)
+
+
+@pytest.mark.parametrize("fit", ["run", "run3"], ids=["binary", "three-class"])
+def test_batches_of_one_row_predict_what_full_batches_do(request, tmp_path, fit):
+    run_dir, args = request.getfixturevalue(fit)
+    new = tmp_path / "new.csv"
+    x = load_iris().data[::15]
+    new.write_text("id,a,b,c,d\n" + "".join(f"f{i}," + ",".join(map(str, row)) + "\n" for i, row in enumerate(x)))
+    predict = ["predict", *args, "--data.predict_file", str(new)]
+    full = _rows(_written_by(run_dir, lambda: main(predict)))
+    names = ["setosa", "versicolor", "virginica"][: len(full[0]) - 2]
+    assert full[0] == ["id", "label", *(f"prob_{name}" for name in names)] and len(full) == len(x) + 1
+    _assert_same_predictions(_rows(_written_by(run_dir, lambda: main([*predict, "--data.batch_size=1"]))), full)
+    one = tmp_path / "one.csv"
+    one.write_text("a,b,c,d\n" + ",".join(map(str, x[3])) + "\n")
+    single = _rows(_written_by(run_dir, lambda: main(["predict", *args, "--data.predict_file", str(one)])))
+    _assert_same_predictions(single, [full[0], ["0", *full[4][1:]]])
+    # the test fold, without a predict file: ids are the fold's row numbers, in order, at any batch size
+    fold = _rows(_written_by(run_dir, lambda: main(["predict", *args])))
+    _assert_same_predictions(_rows(_written_by(run_dir, lambda: main(["predict", *args, "--data.batch_size=1"]))), fold)
+    assert [int(r[0]) for r in fold[1:]] == sorted(int(r[0]) for r in fold[1:])
 
 
 def test_ddp_predict_writes_every_sample_once_in_file_order(run, tmp_path):
@@ -125,6 +165,9 @@ def test_bad_predict_file_is_one_line_error_and_exit_2(run, tmp_path, capsys, co
         ("a,b\n", "no samples"),
         ("", "no samples"),
         (b"\x80\x81,\xff\n1,2\n", "not a readable UTF-8 CSV"),
+        ("a,b\n1,2\n\n1_0,2\n", "line 4, column 'a': '1_0' is not a number"),
+        ("b,b\n1,2\n", "column 'b' appears twice in the header"),
+        ("a,b\n\n1,2\n1\n", "line 4 has 1 columns, the header has 2"),  # blank lines count, as in an editor
     ],
 )
 def test_read_samples_csv_errors_name_the_file(tmp_path, content, message):

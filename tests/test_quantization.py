@@ -27,7 +27,7 @@ from qlit.quantize import (
     torchao_quantize,
 )
 
-SCALARS = ("float_test_acc", "int8_test_acc", "float_linear_bytes", "int8_linear_bytes")
+SCALARS = ("float_val_acc", "int8_val_acc", "float_linear_bytes", "int8_linear_bytes")  # never the test fold
 
 
 @pytest.mark.parametrize("shape", [(4, 4), (4, 5), (4, 1), (7, 3)])
@@ -144,10 +144,10 @@ def test_callback_leaves_the_trained_model_alone(fitted, tmp_path):
     last = torch.load(trainer.checkpoint_callback.last_model_path, weights_only=True)["state_dict"]
     for key, value in model.state_dict().items():
         assert torch.equal(value.cpu(), last[key]), key
-    # Lightning's own test of the best checkpoint agrees with the callback's float accuracy
+    # Lightning's own validation of the best checkpoint agrees with the callback's float accuracy
     tester = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-    (result,) = tester.test(model, datamodule=dm, ckpt_path=trainer.checkpoint_callback.best_model_path)
-    assert result["test_acc"] == pytest.approx(callback.metrics["float_test_acc"])
+    (result,) = tester.validate(model, datamodule=dm, ckpt_path=trainer.checkpoint_callback.best_model_path)
+    assert result["val_acc"] == pytest.approx(callback.metrics["float_val_acc"])
 
 
 def test_callback_never_overwrites(fitted, capsys):
@@ -176,7 +176,7 @@ def test_without_checkpoint_quantizes_final_weights(tmp_path, capsys):
     assert artifact["metrics"]["source"] == "final weights"
     assert torch.equal(artifact["float_state_dict"]["net.core.circuit.weights"], model.net.core.weights.detach())
     assert artifact["datamodule"]["class_names"] == ["setosa", "versicolor"]
-    assert not math.isnan(callback.metrics["int8_test_acc"])
+    assert not math.isnan(callback.metrics["int8_val_acc"])
 
 
 def test_ddp_fit_quantizes_once_on_rank_zero(tmp_path):
@@ -188,7 +188,7 @@ def test_ddp_fit_quantizes_once_on_rank_zero(tmp_path):
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("int8_test_acc") == 1
+    assert done.stdout.count("int8_val_acc") == 1
     run = tmp_path / "lightning_logs" / "iris" / "version_0"
     assert sorted(p.name for p in run.glob("model*")) == ["model.pth", "model_int8.pt"]
     assert torch.load(run / "model_int8.pt", weights_only=True)["metrics"]["source"].endswith("best.ckpt")

@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
+from torchmetrics.classification import MulticlassAccuracy
 
 from qlit.checkpoint_io import atomic_save, load_checkpoint
 from qlit.export import (
@@ -21,15 +22,16 @@ from qlit.runs import unused_path
 
 
 def accuracy(model: HybridClassifier, loader: DataLoader) -> float:
-    """Fraction of samples whose most probable class is the label."""
-    correct = total = 0
+    """Accuracy of ``model`` over a loader's batches (torchmetrics' definition, as in training).
+
+    Computed in this process only: the export runs on global rank 0 alone, so nothing may wait
+    for the other DDP processes here.
+    """
+    metric = MulticlassAccuracy(num_classes=model.hparams.num_classes, average="micro", sync_on_compute=False)
     with torch.inference_mode():
         for batch in loader:
-            x, y = batch[0], batch[1]
-            predicted = model.predict_proba(x.float()).argmax(dim=-1)
-            correct += int((predicted == y).sum())
-            total += len(y)
-    return correct / total if total else float("nan")
+            metric.update(model.predict_proba(batch[0].float()), batch[1])
+    return float(metric.compute()) if metric.update_count else float("nan")
 
 
 class Int8Quantization(L.Callback):
@@ -39,9 +41,11 @@ class Int8Quantization(L.Callback):
     weights if there is none) is rebuilt into a new model: the model that was trained is never
     touched, so later ``trainer.test(ckpt_path=...)`` or resumed fits are unaffected. Its
     ``nn.Linear`` layers are quantized with torchao (see `qlit.quantize`), the circuit weights stay
-    float. Float and INT8 are evaluated on the data module's held-out test fold; the scalars
-    ``float_test_acc``, ``int8_test_acc``, ``float_linear_bytes`` and ``int8_linear_bytes`` go to
-    the loggers (TensorBoard) and the console. Into the run folder go the INT8 artifact (load it
+    float. Float and INT8 are compared on the **validation** split, never the test fold, so that
+    comparing fits by eye does not tune on the test set: ``float_val_acc``, ``int8_val_acc``,
+    ``float_linear_bytes`` and ``int8_linear_bytes`` go to the loggers (TensorBoard) and the
+    console. ``qlit test`` with this callback in its config adds ``int8_test_acc`` beside
+    ``test_acc``: the test fold is scored only when asked. Into the run folder go the INT8 artifact (load it
     with `qlit.load_model`) and, optionally, the float network's plain ``state_dict``. Existing
     files are never overwritten (``model_int8_1.pt``, … instead). Only global rank 0 works.
 
@@ -67,10 +71,10 @@ class Int8Quantization(L.Callback):
         int8_model = classifier_from_int8(artifact)
 
         metrics: dict[str, float] = {}
-        loader = self._test_loader(trainer)
+        loader = self._loader(trainer, "val")
         if loader is not None:
-            metrics["float_test_acc"] = accuracy(float_model, loader)
-            metrics["int8_test_acc"] = accuracy(int8_model, loader)
+            metrics["float_val_acc"] = accuracy(float_model, loader)
+            metrics["int8_val_acc"] = accuracy(int8_model, loader)
         metrics["float_linear_bytes"] = float(float_linear_bytes(float_model.net))
         metrics["int8_linear_bytes"] = float(int8_linear_bytes(int8_model.net))
         self.metrics = metrics
@@ -102,20 +106,35 @@ class Int8Quantization(L.Callback):
         return checkpoint, "final weights"
 
     @staticmethod
-    def _test_loader(trainer: L.Trainer) -> DataLoader | None:
+    def _loader(trainer: L.Trainer, split: str) -> DataLoader | None:
         datamodule = trainer.datamodule
         if datamodule is None:
-            print("qlit: no data module, so no held-out fold; INT8 accuracy not measured")
+            print(f"qlit: no data module, so no {split} split; INT8 accuracy not measured")
             return None
-        return datamodule.test_dataloader()
+        return datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """``qlit test``: score the tested checkpoint's INT8 version on the same test fold."""
+        if not trainer.is_global_zero or not trainer.ckpt_path or not Path(trainer.ckpt_path).is_file():
+            return
+        loader = self._loader(trainer, "test")
+        if loader is None:
+            return
+        int8_model = classifier_from_int8(int8_artifact(load_checkpoint(trainer.ckpt_path)))
+        int8_acc = accuracy(int8_model, loader)
+        for logger in trainer.loggers:
+            logger.log_metrics({"int8_test_acc": int8_acc}, step=trainer.global_step)
+        tested = trainer.callback_metrics.get("test_acc")
+        float_part = f"test_acc {float(tested):.4f}   " if tested is not None else ""
+        print(f"qlit: {float_part}int8_test_acc {int8_acc:.4f}   (test fold, {len(loader.dataset)} samples)")
 
     def _report(self, source: str, metrics: dict[str, float], loader: DataLoader | None) -> None:
         print(f"qlit: INT8 quantization of {source} ({METHOD})")
         if loader is not None:
             n = len(loader.dataset) if hasattr(loader.dataset, "__len__") else "?"
             print(
-                f"qlit:   float_test_acc {metrics['float_test_acc']:.4f}   int8_test_acc "
-                f"{metrics['int8_test_acc']:.4f}   (test fold, {n} samples)"
+                f"qlit:   float_val_acc {metrics['float_val_acc']:.4f}   int8_val_acc "
+                f"{metrics['int8_val_acc']:.4f}   (validation split, {n} samples)"
             )
         ratio = metrics["float_linear_bytes"] / metrics["int8_linear_bytes"]
         print(

@@ -96,16 +96,27 @@ class GracefulStop(L.Callback):
     def __init__(self) -> None:
         self._received: int | None = None
         self._previous: dict[int, Any] = {}
+        self._training_done = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._received = None
+        self._training_done = False
         if threading.current_thread() is not threading.main_thread():
             return
+        # Lightning's own SIGTERM handler only sets a flag that its loops check at various points and
+        # saves nothing, and it leaves Ctrl-C alone; there is no public hook for "stop at a batch end".
         for signum in _SIGNAL_NAMES:
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._training_done:  # after the last epoch (the INT8 export): checkpoints are complete
+            self._restore()
+            raise TrainingInterrupted(
+                signum,
+                f"{_SIGNAL_NAMES.get(signum, signum)} after training had finished: the checkpoints are complete, "
+                "the steps after training (such as the INT8 export) did not finish",
+            )
         if self._received is not None:
             self._restore()
             raise KeyboardInterrupt
@@ -136,6 +147,17 @@ class GracefulStop(L.Callback):
         )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._training_done = True  # the handlers stay until teardown, through the callbacks' on_fit_end
+        if self._received is not None:  # arrived after the last training batch: its epoch is checkpointed
+            signum, self._received = self._received, None
+            self._restore()
+            raise TrainingInterrupted(
+                signum,
+                f"{_SIGNAL_NAMES.get(signum, signum)} after the last epoch: stopped before the steps after training "
+                f"(such as the INT8 export); {_last_checkpoint_path(trainer)} holds the final epoch",
+            )
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from sklearn.datasets import load_iris
 
@@ -30,6 +32,9 @@ class IrisDataModule(KFoldDataModule):
         self.num_classes = len(classes)
         self.num_features = self.raw_features = 4
         super().__init__(**kwargs)
+
+    def describe_source(self) -> dict[str, Any]:
+        return {"data": "scikit-learn Iris", "classes": list(self.class_names)}
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         iris = load_iris()

@@ -2,39 +2,54 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from qlit.data.base import KFoldDataModule
+from qlit.data.base import KFoldDataModule, check_seed, id_column, read_csv_table
 from qlit.data.preprocessing import Preprocessor
 from qlit.data.simulate import POPULATIONS, simulate_null, simulate_populations
 from qlit.errors import QlitError
 
 
 def read_genotype_csv(path: str | Path, populations: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Read a genotype table: a header, one row per individual, a ``population`` column and 0/1/2 SNPs."""
+    """Read a genotype table: a header, one row per individual, a ``population`` column and 0/1/2 SNPs.
+
+    The file is read by `read_csv_table`, as predict files are; an optional ``id`` column is skipped.
+
+    Args:
+        path: CSV file.
+        populations: The populations to classify; label ``k`` is ``populations[k]``.
+
+    Returns:
+        ``(genotypes, labels)``: an ``(individuals, SNPs)`` int8 matrix and the label indices.
+
+    Raises:
+        QlitError: naming the file (and line and column) when it cannot be read, has no
+            ``population`` column or no individuals, or holds an unknown population or genotype.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise QlitError(f"genotype file not found: {path}")
-    with path.open(newline="") as handle:
-        rows = [row for row in csv.reader(handle) if row]
-    if len(rows) < 2 or "population" not in rows[0]:
-        raise QlitError(f"{path}: expected a header with a 'population' column and at least one individual")
-    label_col = rows[0].index("population")
-    genotypes, labels = [], []
-    for line, row in enumerate(rows[1:], start=2):
-        name = row[label_col].strip()
+    header, body = read_csv_table(path, "genotype file")
+    if "population" not in header:
+        found = f"its header starts {', '.join(header[:4])}" if header else "it is empty"
+        raise QlitError(f"genotype file {path}: expected a header with a 'population' column, but {found}")
+    if not body:
+        raise QlitError(f"genotype file {path}: no individuals (expected one row per individual after the header)")
+    label_col, id_col = header.index("population"), id_column(header)
+    snp_cols = [c for c in range(len(header)) if c not in (label_col, id_col)]
+    genotypes = np.empty((len(body), len(snp_cols)), dtype=np.int8)
+    labels = np.empty(len(body), dtype=np.int64)
+    for r, (line, row) in enumerate(body):
+        name = row[label_col]
         if name not in populations:
             raise QlitError(f"{path}: line {line}: population {name!r} is not one of {', '.join(populations)}")
-        values = [v.strip() for c, v in enumerate(row) if c != label_col]
-        if any(v not in ("0", "1", "2") for v in values) or len(values) != len(rows[0]) - 1:
-            raise QlitError(f"{path}: line {line}: genotypes must be 0, 1 or 2 in every SNP column")
-        genotypes.append([int(v) for v in values])
-        labels.append(populations.index(name))
-    return np.array(genotypes, dtype=np.int8), np.array(labels)
+        bad = next((c for c in snp_cols if row[c] not in ("0", "1", "2")), None)
+        if bad is not None:
+            raise QlitError(f"{path}: line {line}, column {header[bad]!r}: genotype {row[bad]!r} is not 0, 1 or 2")
+        genotypes[r] = [int(row[c]) for c in snp_cols]
+        labels[r] = populations.index(name)
+    return genotypes, labels
 
 
 class SNPDataModule(KFoldDataModule):
@@ -79,6 +94,7 @@ class SNPDataModule(KFoldDataModule):
             raise QlitError(f"n_snps and n_individuals must be >= 1, got {n_snps!r} and {n_individuals!r}")
         if not 1 <= n_components <= n_snps:
             raise QlitError(f"n_components must be in 1..n_snps={n_snps}, got {n_components!r}")
+        check_seed("data_seed", data_seed)
         self.populations = populations
         self.n_individuals = n_individuals
         self.n_snps = n_snps
@@ -95,12 +111,31 @@ class SNPDataModule(KFoldDataModule):
     def make_preprocessor(self) -> Preprocessor:
         return Preprocessor(n_components=self.n_components)
 
+    def describe_source(self) -> dict[str, Any]:
+        if self.genotype_file is not None:
+            return {"genotype_file": str(self.genotype_file), "populations": list(self.populations)}
+        return {
+            "simulated": self.structure,
+            "populations": list(self.populations),
+            "n_individuals": self.n_individuals,
+            "n_snps": self.n_snps,
+            "data_seed": self.data_seed,
+        }
+
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         if self.genotype_file is not None:
             genotypes, labels = read_genotype_csv(self.genotype_file, self.populations)
             if genotypes.shape[1] != self.n_snps:
                 raise QlitError(f"{self.genotype_file}: {genotypes.shape[1]} SNP columns, but n_snps={self.n_snps}")
-        elif self.structure == "none":
+            return genotypes.astype(np.float64), labels
+        # The simulators give the last population n_individuals // len(populations) individuals, the fewest.
+        fewest, k = self.n_individuals // self.num_classes, self.num_classes
+        if fewest < self.num_folds:
+            raise QlitError(
+                f"n_individuals={self.n_individuals} simulates only {fewest} individuals of {self.populations[-1]}, "
+                f"fewer than num_folds={self.num_folds}; with {k} populations use n_individuals >= {self.num_folds * k}"
+            )
+        if self.structure == "none":
             genotypes, labels = simulate_null(self.n_individuals, self.n_snps, self.num_classes, self.data_seed)
         else:
             genotypes, labels = simulate_populations(self.n_individuals, self.n_snps, self.populations, self.data_seed)

@@ -7,6 +7,8 @@ backends both read their gate sequence from here, so they cannot drift apart.
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Literal
 
 import torch
@@ -19,16 +21,78 @@ Rotation = Literal["X", "Y", "Z"]
 ANSATZES: tuple[str, ...] = ("basic", "strong")
 ROTATIONS: tuple[str, ...] = ("X", "Y", "Z")
 WEIGHT_INIT_STD = 0.05
+# Memory of a simulation, per basis state: the qlit simulator's tables (bits, ⟨Z⟩ signs, CNOT permutations:
+# measured 26·n bytes at 22 and 23 qubits while they are built), and per sample a complex64 statevector
+# (8 bytes) of which a training step holds about 16 copies (states, probabilities, what autograd saves).
+TABLE_BYTES_PER_QUBIT = 28
+AMPLITUDE_BYTES = 8
+STATE_COPIES = 16
 
 
-def check_circuit(n_qubits: int, n_layers: int, ansatz: str, embedding: str) -> None:
+def _size(n_bytes: float) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes:.0f} bytes"
+
+
+def memory_bytes() -> int:
+    """Physical memory of this machine in bytes, 0 when the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        return 0
+
+
+def simulation_bytes(n_qubits: int, batch: int = 1) -> float:
+    """Estimated peak memory of simulating a training step of ``batch`` samples on ``n_qubits`` wires."""
+    return math.ldexp(TABLE_BYTES_PER_QUBIT * n_qubits + AMPLITUDE_BYTES * STATE_COPIES * batch, min(n_qubits, 1000))
+
+
+def _state_size(n_qubits: int) -> str:
+    """One sample's complex64 statevector, readable also where 2^n overflows a float."""
+    if n_qubits <= 60:
+        return _size(AMPLITUDE_BYTES * 2.0**n_qubits)
+    return f"about 10^{int(n_qubits * math.log10(2) + math.log10(AMPLITUDE_BYTES))} bytes"
+
+
+def max_qubits(memory: int) -> int:
+    """Widest circuit whose simulation, one sample at a time, fits in ``memory`` bytes (see `simulation_bytes`).
+
+    A batch needs more: this is an upper bound, not a promise that every batch fits.
+    """
+    n = 1
+    while simulation_bytes(n + 1) <= memory:
+        n += 1
+    return n
+
+
+def _check_width(n_qubits: int) -> None:
+    memory, where = memory_bytes(), "this machine's memory"
+    if memory == 0 or n_qubits <= max_qubits(memory):
+        return
+    if torch.cuda.is_available():  # asked only now, since it initialises CUDA
+        gpu = max(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
+        if gpu > memory:
+            memory, where = gpu, "the largest GPU's memory"
+            if n_qubits <= max_qubits(memory):
+                return
+    raise QlitError(
+        f"n_qubits={n_qubits} is too wide to simulate: one sample's statevector alone is 2^{n_qubits} amplitudes, "
+        f"{_state_size(n_qubits)} in complex64, and with the simulator's tables and the copies a "
+        f"training step keeps, {where} ({_size(memory)}) allows n_qubits <= {max_qubits(memory)}"
+    )
+
+
+def check_circuit(n_qubits: int, n_layers: int, ansatz: str, embedding: str, simulated: bool = True) -> None:
     """Raise a `QlitError` naming the first invalid circuit setting.
 
     Args:
-        n_qubits: Number of wires, at least 1.
+        n_qubits: Number of wires, at least 1 and, when ``simulated``, at most `max_qubits`.
         n_layers: Number of entangling layers, at least 1.
         ansatz: ``"basic"`` (BasicEntanglerLayers) or ``"strong"`` (StronglyEntanglingLayers).
         embedding: Rotation axis of the angle embedding: ``"X"``, ``"Y"`` or ``"Z"``.
+        simulated: The circuit will be simulated (``False`` for the classical twin, which only borrows its width).
     """
     if isinstance(n_qubits, bool) or not isinstance(n_qubits, int) or n_qubits < 1:
         raise QlitError(f"n_qubits must be an integer >= 1, got {n_qubits!r}")
@@ -38,6 +102,8 @@ def check_circuit(n_qubits: int, n_layers: int, ansatz: str, embedding: str) -> 
         raise QlitError(f"ansatz must be one of {', '.join(ANSATZES)}, got {ansatz!r}")
     if embedding not in ROTATIONS:
         raise QlitError(f"embedding must be one of {', '.join(ROTATIONS)}, got {embedding!r}")
+    if simulated:
+        _check_width(n_qubits)
 
 
 def weight_shape(n_qubits: int, n_layers: int, ansatz: str) -> tuple[int, ...]:

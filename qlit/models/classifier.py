@@ -8,7 +8,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import Metric
+from torchmetrics import MeanMetric, Metric
+from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
 
 from qlit.errors import QlitError
 from qlit.models.hybrid import Core, HybridNet
@@ -16,35 +17,66 @@ from qlit.models.hybrid import Core, HybridNet
 STAGES = ("train", "val", "test")
 
 
-class LossAccuracy(Metric):
-    """Mean loss and accuracy over an epoch, summed across processes under DDP.
+class EpochMetrics(nn.Module):
+    """Mean loss and accuracy of one stage over an epoch: torchmetrics' `MeanMetric` and `Accuracy`.
 
-    One metric for both numbers, updated with tensors the step has computed anyway: each update
-    costs a few tensor additions, a fraction of the small networks' training step.
+    The step only keeps its detached logits, targets and loss; torchmetrics sees them in one update every
+    `FLUSH_EVERY` batches and at the epoch's end. Measured with ``benchmarks/metrics.py`` (qlit backend, one
+    thread, Iris and genomic sized steps of 0.53-0.55 ms, load ~1): updating both metrics on every step
+    added 25-31% to a step; the buffered updates add 1.4-1.8% (the hand-written metric they replace added
+    8.7-8.8%), plus 0.4-0.45 ms per stage and epoch for the flush, compute and reset (0.13 ms hand-written).
+    Whole Lightning epochs: genomic 30.0 ms against 30.1 ms hand-written; Iris, whose epochs have five
+    steps, 8.8 ms against 7.9 ms. Both metrics sum their states across processes under DDP when computed;
+    compute groups would not help, as the two share no state.
 
     Args:
-        binary: Predictions are one logit per sample (positive means class 1) rather than one
-            logit per class.
+        num_classes: Two for one logit per sample (positive means class 1), more for one logit per class.
     """
 
-    full_state_update = False
+    FLUSH_EVERY = 64
 
-    def __init__(self, binary: bool) -> None:
+    def __init__(self, num_classes: int) -> None:
         super().__init__()
-        self.binary = binary
-        self.add_state("loss_sum", torch.tensor(0.0), dist_reduce_fx="sum")
-        self.add_state("correct", torch.tensor(0), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
+        self.binary = num_classes == 2
+        # nan_strategy "disable": no device-to-host sync, and a non-finite loss shows as such.
+        self.loss = MeanMetric(nan_strategy="disable")
+        # Labels come from the data modules, which check them: no validation (a sync and a unique()) per update.
+        if self.binary:
+            self.acc: Metric = BinaryAccuracy(validate_args=False)
+        else:
+            self.acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def update(self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
-        predicted = (logits > 0).long() if self.binary else logits.argmax(-1)
-        self.loss_sum += loss.detach() * len(target)
-        self.correct += (predicted == target).sum()
-        self.count += len(target)
+        """Add one batch: its logits, integer targets and mean loss."""
+        self._pending.append((logits.detach(), target, loss.detach().expand(len(target))))
+        if len(self._pending) >= self.FLUSH_EVERY:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        logits, target, losses = (torch.cat(parts) for parts in zip(*self._pending))
+        self._pending.clear()
+        # One loss per sample: with nan_strategy "disable", torchmetrics 1.9 ignores MeanMetric's `weight`.
+        self.loss.update(losses)
+        # Probabilities, not logits: torchmetrics would take logits that all lie in [0, 1] for probabilities.
+        self.acc.update(torch.sigmoid(logits.float()) if self.binary else logits, target)
+
+    @property
+    def updated(self) -> bool:
+        """Whether a batch has been added since the last reset."""
+        return bool(self._pending) or self.loss.update_called
 
     def compute(self) -> dict[str, torch.Tensor]:
-        count = self.count.clamp(min=1)
-        return {"loss": self.loss_sum / count, "acc": self.correct / count}
+        """Sample-weighted mean loss and accuracy (reduced across processes)."""
+        self._flush()
+        return {"loss": self.loss.compute(), "acc": self.acc.compute()}
+
+    def reset(self) -> None:
+        self._pending.clear()
+        self.loss.reset()
+        self.acc.reset()
 
 
 class HybridClassifier(L.LightningModule):
@@ -62,8 +94,8 @@ class HybridClassifier(L.LightningModule):
         n_layers: Number of entangling layers.
         ansatz: ``"basic"`` (BasicEntanglerLayers) or ``"strong"`` (StronglyEntanglingLayers).
         embedding: Angle-embedding rotation, ``"X"``, ``"Y"`` or ``"Z"``.
-        backend: ``"qlit"`` (built-in batched statevector simulator) or a PennyLane device name.
-        diff_method: PennyLane differentiation method.
+        backend: ``"qlit"`` (the default: built-in batched statevector simulator) or a PennyLane device name.
+        diff_method: PennyLane differentiation method; ignored by the ``qlit`` backend.
         core: ``"quantum"``, or ``"classical"`` for the classical-twin baseline.
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
@@ -80,7 +112,7 @@ class HybridClassifier(L.LightningModule):
         n_layers: int = 2,
         ansatz: str = "basic",
         embedding: str = "X",
-        backend: str = "default.qubit",
+        backend: str = "qlit",
         diff_method: str = "backprop",
         core: Core = "quantum",
         lr: float = 0.01,
@@ -106,7 +138,7 @@ class HybridClassifier(L.LightningModule):
         self.binary = num_classes == 2
         # Metrics accumulate per step and are logged once per epoch: `self.log` on every step costs
         # more than a training step of these small networks.
-        self.epoch_metrics = nn.ModuleDict({f"{stage}_metrics": LossAccuracy(self.binary) for stage in STAGES})
+        self.epoch_metrics = nn.ModuleDict({f"{stage}_metrics": EpochMetrics(num_classes) for stage in STAGES})
 
     @property
     def class_names(self) -> list[str]:
@@ -142,9 +174,14 @@ class HybridClassifier(L.LightningModule):
     def _log_epoch(self, stage: str) -> None:
         """Log the epoch's mean loss and accuracy (reduced across processes)."""
         metric = self.epoch_metrics[f"{stage}_metrics"]
+        # An epoch without batches (resumed at its very end) has no mean to log. Every process sees as many
+        # batches as the others (Lightning's DistributedSampler pads), so under DDP all skip or none does.
+        if not metric.updated:
+            return
         values = metric.compute()
-        self.log(f"{stage}_loss", values["loss"], prog_bar=stage != "train")
-        self.log(f"{stage}_acc", values["acc"], prog_bar=True)
+        # Already reduced over processes by torchmetrics; sync_dist averages equal values (and keeps Lightning quiet).
+        self.log(f"{stage}_loss", values["loss"], prog_bar=stage != "train", sync_dist=True)
+        self.log(f"{stage}_acc", values["acc"], prog_bar=True, sync_dist=True)
         metric.reset()
 
     def on_train_epoch_end(self) -> None:

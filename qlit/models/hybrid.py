@@ -30,8 +30,8 @@ class HybridNet(nn.Module):
         n_layers: Number of entangling layers.
         ansatz: ``"basic"`` or ``"strong"``.
         embedding: Angle-embedding rotation, ``"X"``, ``"Y"`` or ``"Z"``.
-        backend: ``"qlit"`` or a PennyLane device name.
-        diff_method: PennyLane differentiation method.
+        backend: ``"qlit"`` (the default: qlit's exact statevector simulator) or a PennyLane device name.
+        diff_method: PennyLane differentiation method; ignored by the ``qlit`` backend.
         core: ``"quantum"`` or ``"classical"``.
     """
 
@@ -43,7 +43,7 @@ class HybridNet(nn.Module):
         n_layers: int = 2,
         ansatz: str = "basic",
         embedding: str = "X",
-        backend: str = "default.qubit",
+        backend: str = "qlit",
         diff_method: str = "backprop",
         core: Core = "quantum",
     ) -> None:
@@ -54,7 +54,7 @@ class HybridNet(nn.Module):
             raise QlitError(f"num_classes must be >= 2, got {num_classes!r}")
         if core not in ("quantum", "classical"):
             raise QlitError(f"core must be 'quantum' or 'classical', got {core!r}")
-        check_circuit(n_qubits, n_layers, ansatz, embedding)
+        check_circuit(n_qubits, n_layers, ansatz, embedding, simulated=core == "quantum")
         self.pre = nn.Linear(in_features, n_qubits)
         if core == "quantum":
             self.core: nn.Module = QuantumLayer(n_qubits, n_layers, ansatz, embedding, backend, diff_method)

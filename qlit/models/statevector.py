@@ -20,6 +20,7 @@ arithmetic, decides the speed. What the simulator exploits:
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -35,6 +36,20 @@ FUSED_MAX_QUBITS = 6
 FUSED_MAX_BATCH_AT_MAX_QUBITS = 1024
 # Number of wires whose rotations are multiplied into one matrix before it touches the states.
 GROUP_WIRES = 4
+
+
+def autocast_on(device_type: str) -> bool:
+    """Whether autocast is active for ``device_type``."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def full_precision(device_type: str) -> contextlib.AbstractContextManager:
+    """A context with autocast off for ``device_type``: circuits compute in float32 or wider.
+
+    Amplitudes, and probabilities summed from their squares, lose about 1e-2 in bfloat16 or float16, and
+    complex matmuls do not exist in those types.
+    """
+    return torch.autocast(device_type, enabled=False) if autocast_on(device_type) else contextlib.nullcontext()
 
 
 def _bits(n_qubits: int) -> torch.Tensor:
@@ -167,6 +182,11 @@ class _FusedCircuit(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
+        with full_precision(grad.device.type):  # for a backward called inside autocast
+            return _FusedCircuit._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad: torch.Tensor):
         amplitudes, y, real_u, prefix, sines = ctx.saved_tensors
         circuit = ctx.circuit
         c = circuit._constants(y.dtype)
@@ -267,15 +287,17 @@ class StatevectorCircuit(nn.Module):
             trace_matrix[rows, wires[:, None].expand(n, dim), q] = signs
         self._buffer("trace_matrix", trace_matrix.reshape(2 * dim * dim, -1))
 
-    def _apply(self, fn, recurse=True):
-        # Moves and casts rebuild the per-dtype constants from the moved buffers.
-        self._cache = {}
-        return super()._apply(fn, recurse)
-
     def _constants(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        """Buffers in the compute dtype (indices as they are), built once per dtype and device."""
-        key = (dtype, self.weights.device)
+        """Buffers in the compute dtype (indices as they are), built once per dtype and device.
+
+        The key holds the device, so after a move (``.to``, ``.cuda``) the constants are rebuilt from the moved
+        buffers, and copies on the device left behind are dropped. The buffers themselves hold only integers
+        and small dyadic values, exact in every float dtype, so a cast needs no rebuild of its own.
+        """
+        device = self.perms.device
+        key = (dtype, device)
         if key not in self._cache:
+            self._cache = {k: v for k, v in self._cache.items() if k[1] == device}
             constants = {}
             for name, buffer in self.named_buffers(recurse=False):
                 constants[name] = buffer.to(dtype) if buffer.is_floating_point() else buffer
@@ -294,14 +316,16 @@ class StatevectorCircuit(nn.Module):
         return self.n_qubits < FUSED_MAX_QUBITS or batch < FUSED_MAX_BATCH_AT_MAX_QUBITS
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Expectation values in the inputs' and weights' promoted dtype, float32 at the least."""
         lead = inputs.shape[:-1]
         x = inputs.reshape(-1, self.n_qubits)
-        dtype = torch.promote_types(x.dtype, self.weights.dtype)
+        dtype = torch.promote_types(torch.promote_types(x.dtype, self.weights.dtype), torch.float32)
         x, weights = x.to(dtype), self.weights.to(dtype)
-        if self.uses_fused(x.shape[0]):
-            out = _FusedCircuit.apply(x, weights, self)
-        else:
-            out = self._apply_gates(x, weights, self._constants(dtype))
+        with full_precision(x.device.type):
+            if self.uses_fused(x.shape[0]):
+                out = _FusedCircuit.apply(x, weights, self)
+            else:
+                out = self._apply_gates(x, weights, self._constants(dtype))
         return out.reshape(*lead, self.n_qubits)
 
     def _gates(self, weights: torch.Tensor, c: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,6 +4,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from qlit.data import IrisDataModule, SNPDataModule
+from qlit.data.snp import read_genotype_csv
 from qlit.data.sampling import TensorLoader
 from qlit.data.simulate import POPULATIONS, simulate_null, simulate_populations
 from qlit.errors import QlitError
@@ -86,6 +87,32 @@ def test_more_folds_than_class_members_is_a_clear_error():
     dm = SNPDataModule(n_individuals=20, n_snps=10, num_folds=5)
     with pytest.raises(QlitError, match="num_folds=5"):
         dm.setup("fit")
+
+
+def test_genotype_reader_takes_a_byte_order_mark_an_id_column_and_spaces(tmp_path):
+    plain = tmp_path / "plain.csv"
+    plain.write_text("population,rs1,rs2\nAFR,0,1\nEUR,2,2\n")
+    spreadsheet = tmp_path / "spreadsheet.csv"
+    spreadsheet.write_bytes("\ufeffrs1, id ,population,rs2\r\n0,a,AFR,1\r\n\r\n 2 ,b, EUR ,2\r\n".encode())
+    expected = read_genotype_csv(plain, ["AFR", "EUR"])
+    for got, want in zip(read_genotype_csv(spreadsheet, ["AFR", "EUR"]), expected):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_split_without_both_training_and_validation_rows_of_a_class_is_refused():
+    dm = SNPDataModule(n_individuals=12, n_snps=10, n_components=2, num_folds=2)  # 2 of the last population
+    with pytest.raises(QlitError, match="only 1 sample of class 'AFR' outside test fold 0"):
+        dm.setup("fit")
+    assert dm.x is None and dm.indices == {}, "a failed setup must leave nothing half-set"
+
+
+def test_seeds_are_checked_at_the_bounds_numpy_takes():
+    IrisDataModule(split_seed=2**32 - 1).setup("fit")
+    for seed in (-1, 2**32, True, 1.5):
+        with pytest.raises(QlitError, match="split_seed"):
+            IrisDataModule(split_seed=seed)
+    with pytest.raises(QlitError, match="data_seed"):
+        SNPDataModule(data_seed=2**32)
 
 
 def test_unknown_population_is_named():

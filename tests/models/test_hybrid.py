@@ -1,9 +1,12 @@
 import pytest
 import torch
 
+from qlit.cli import main
 from qlit.errors import QlitError
-from qlit.models import HybridClassifier, HybridNet, QuantumLayer
-from qlit.models.classifier import LossAccuracy
+from qlit.models import HybridClassifier, HybridNet, QuantumLayer, StatevectorCircuit
+from qlit.models.circuit import check_circuit, max_qubits, memory_bytes, simulation_bytes
+from qlit.models.classifier import EpochMetrics
+from tests.conftest import CONFIGS, QUICK
 
 
 def test_circuit_weights_are_small_normal_parameters():
@@ -61,7 +64,8 @@ def test_classical_twin_replaces_only_the_circuit():
 
 @pytest.mark.parametrize(
     ("kwargs", "culprit"),
-    [({"n_qubits": 0}, "n_qubits"), ({"n_layers": 0}, "n_layers"), ({"ansatz": "ring"}, "ring"), ({"embedding": "W"}, "W")],
+    [({"n_qubits": 0}, "n_qubits"), ({"n_layers": 0}, "n_layers"), ({"ansatz": "ring"}, "ring"),
+     ({"embedding": "W"}, "W")],
 )
 def test_bad_circuit_options_name_the_value(kwargs, culprit):
     with pytest.raises(QlitError, match=culprit):
@@ -86,10 +90,12 @@ def test_binary_and_multiclass_probabilities():
 
 @pytest.mark.parametrize("num_classes", [2, 4])
 def test_epoch_metrics_are_sample_weighted_means(num_classes):
-    metric = LossAccuracy(binary=num_classes == 2)
+    metric = EpochMetrics(num_classes)
     torch.manual_seed(0)
+    sizes = [7, 3, 5] * 30  # more batches than FLUSH_EVERY: some reach torchmetrics early, the rest at compute
+    assert len(sizes) > EpochMetrics.FLUSH_EVERY
     batches = [(torch.randn(n) if num_classes == 2 else torch.randn(n, num_classes), torch.randint(num_classes, (n,)))
-               for n in (7, 3, 5)]
+               for n in sizes]
     losses = [torch.rand(()) for _ in batches]
     for (logits, target), loss in zip(batches, losses):
         metric.update(logits, target, loss)
@@ -98,10 +104,60 @@ def test_epoch_metrics_are_sample_weighted_means(num_classes):
     predicted = (logits > 0).long() if num_classes == 2 else logits.argmax(-1)
     values = metric.compute()
     assert values["acc"].item() == pytest.approx((predicted == target).float().mean().item())
-    assert values["loss"].item() == pytest.approx(sum(l.item() * len(b[1]) for l, b in zip(losses, batches)) / 15)
+    expected_loss = sum(l.item() * len(b[1]) for l, b in zip(losses, batches)) / sum(sizes)
+    assert values["loss"].item() == pytest.approx(expected_loss)
     metric.reset()
+    assert not metric.updated
     metric.update(*batches[0], losses[0])
-    assert metric.compute()["loss"].item() == pytest.approx(losses[0].item())
+    assert metric.updated and metric.compute()["loss"].item() == pytest.approx(losses[0].item())
+
+
+def test_binary_accuracy_reads_logits_even_when_all_lie_in_0_1():
+    # torchmetrics takes floats in [0, 1] for probabilities: logits 0.3 would count as class 0.
+    metric = EpochMetrics(2)
+    metric.update(torch.tensor([0.3, 0.8, 0.1]), torch.tensor([1, 1, 1]), torch.tensor(0.5))
+    assert metric.compute()["acc"].item() == 1.0
+
+
+def test_the_fast_simulator_is_the_default_everywhere():
+    assert isinstance(QuantumLayer().circuit, StatevectorCircuit)
+    assert isinstance(HybridNet(4, 2).core.circuit, StatevectorCircuit)
+    model = HybridClassifier(4, 2)
+    assert model.hparams.backend == "qlit" and isinstance(model.net.core.circuit, StatevectorCircuit)
+
+
+def test_the_width_bound_follows_memory():
+    for memory in (2**30, 24 * 2**30, 128 * 2**30):
+        n = max_qubits(memory)
+        assert simulation_bytes(n) <= memory < simulation_bytes(n + 1)
+    assert 20 <= max_qubits(memory_bytes()) < 40
+    with pytest.raises(QlitError, match=r"n_qubits=40 .*8\.0 TiB.* allows n_qubits <= \d+"):
+        check_circuit(40, 2, "basic", "X")
+    # The classical twin only borrows the width: nothing is simulated.
+    assert HybridNet(4, 2, n_qubits=40, core="classical")(torch.randn(3, 4)).shape == (3, 1)
+
+
+def _cli_error(capfd, *overrides: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "iris.yaml"), *QUICK, *overrides])
+    assert exit_info.value.code == 2
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("qlit: error:")][0]
+
+
+def test_too_many_qubits_is_one_line_naming_the_bound(capfd, tmp_path):
+    line = _cli_error(capfd, "--model.n_qubits=40")
+    assert "n_qubits=40" in line and f"n_qubits <= {max_qubits(memory_bytes())}" in line and "memory" in line
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_unknown_diff_method_is_one_line_naming_it(capfd, tmp_path):
+    line = _cli_error(capfd, "--model.backend=default.qubit", "--model.diff_method=nonsense")
+    assert "'nonsense'" in line and "default.qubit" in line and "parameter-shift" in line
+    assert not (tmp_path / "lightning_logs").exists()
+    with pytest.raises(QlitError, match="adjoint"):  # a known method this device cannot do
+        QuantumLayer(backend="default.mixed", diff_method="adjoint")
 
 
 def test_adam_uses_the_fused_kernel_on_cpu():

@@ -140,7 +140,8 @@ def test_dtypes(fused):
 
 
 def test_casting_after_use_rebuilds_exact_constants():
-    # Constants are cached per dtype; a cast must not leave float32 copies (π/2 included) behind.
+    # Constants are cached per dtype and device, with no hook into torch's private Module._apply.
+    assert "_apply" not in vars(StatevectorCircuit)
     circuit = StatevectorCircuit(3, 2, "strong", "X")
     x = torch.rand(4, 3, dtype=torch.float64)
     circuit(x.float())

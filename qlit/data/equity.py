@@ -1,0 +1,442 @@
+"""Daily price bars -> the direction of the next ``horizon`` days, split through time (walk-forward).
+
+Every feature of day t is computed from bars up to and including day t; the label of day t is
+whether the log return from the close of t to the close of t + ``horizon`` exceeds ``threshold``.
+Features (``w`` is ``rolling_window``; a feature is present when its columns are):
+
+==================  ========================================================================
+``ret_1..ret_L``     one-day log returns of days t, t-1, …, t-L+1 (``L = lags``)
+``vol_w``            sample standard deviation of the last w one-day log returns
+``mom_w``            log return over the last w days, log(close_t / close_{t-w})
+``ma_gap_w``         log(close_t / mean of the last w closes): distance from the moving average
+``range``            log(high_t / low_t), the day's range (needs ``high`` and ``low``)
+``overnight``        log(open_t / close_{t-1}), the overnight gap (needs ``open``)
+``volume_change``    log(1 + volume_t) - log(1 + volume_{t-1}) (needs ``volume``)
+``volume_ratio_w``   log(1 + volume_t) minus its mean over the last w days (needs ``volume``)
+==================  ========================================================================
+
+Walk-forward folds: the last ``num_folds * test_size`` sample dates are cut into ``num_folds``
+consecutive test spans; fold k tests on the k-th. Its training span is every earlier date (or the
+last ``window`` of them) up to ``gap`` dates before the test span; the last ``val_fraction`` of that
+span validates, ``gap`` dates after the training rows. Training rows whose label ends on or after
+the first validation date, and validation rows whose label ends on or after the first test date,
+are dropped as well (purging), so no label overlaps the next span even when symbols' calendars differ.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
+from torch.utils.data import TensorDataset
+
+from qlit.data.base import KFoldDataModule
+from qlit.data.preprocessing import Preprocessor
+from qlit.data.sampling import TensorLoader
+from qlit.data.tables import Table, read_table
+from qlit.errors import QlitError
+
+CLASS_NAMES = ["down", "up"]
+OPTIONAL = ("open", "high", "low", "volume")
+
+
+def _int_option(name: str, value: Any, minimum: int, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise QlitError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def feature_names(lags: int, rolling_window: int, present: set[str]) -> list[str]:
+    """Names of the features computed from bars with the optional columns ``present``."""
+    w = rolling_window
+    names = [f"ret_{j}" for j in range(1, lags + 1)] + [f"vol_{w}", f"mom_{w}", f"ma_gap_{w}"]
+    if {"high", "low"} <= present:
+        names.append("range")
+    if "open" in present:
+        names.append("overnight")
+    if "volume" in present:
+        names += ["volume_change", f"volume_ratio_{w}"]
+    return names
+
+
+def _trailing(values: np.ndarray, w: int, reduce) -> np.ndarray:
+    """``reduce`` over each window of the last ``w`` values ending at t (NaN before a full window)."""
+    out = np.full(len(values), np.nan)
+    if len(values) >= w:
+        out[w - 1:] = reduce(sliding_window_view(values, w), axis=-1)
+    return out
+
+
+def _lagged(values: np.ndarray, k: int) -> np.ndarray:
+    out = np.full(len(values), np.nan)
+    if k < len(values):
+        out[k:] = values[: len(values) - k]
+    return out
+
+
+def bar_features(bars: dict[str, np.ndarray], lags: int, rolling_window: int) -> np.ndarray:
+    """Features of one symbol's bars (arrays in date order), one row per day, NaN where history is short.
+
+    Each row t is computed from bars 0..t only: every window ends at t.
+    """
+    w = rolling_window
+    log_close = np.log(bars["close"])
+    ret = np.concatenate([[np.nan], np.diff(log_close)])
+    columns = [_lagged(ret, j) for j in range(lags)]
+    columns.append(_trailing(ret, w, lambda a, axis: a.std(axis=axis, ddof=1)))
+    columns.append(log_close - _lagged(log_close, w))
+    columns.append(log_close - np.log(_trailing(bars["close"], w, np.mean)))
+    if "high" in bars and "low" in bars:
+        columns.append(np.log(bars["high"]) - np.log(bars["low"]))
+    if "open" in bars:
+        columns.append(np.log(bars["open"]) - _lagged(log_close, 1))
+    if "volume" in bars:
+        log_volume = np.log1p(bars["volume"])
+        columns.append(log_volume - _lagged(log_volume, 1))
+        columns.append(log_volume - _trailing(log_volume, w, np.mean))
+    return np.column_stack(columns)
+
+
+def walk_forward_folds(
+    sample_dates: np.ndarray,
+    label_end: np.ndarray,
+    y: np.ndarray,
+    num_folds: int,
+    val_fraction: float,
+    gap: int,
+    test_size: int | None = None,
+    window: int | None = None,
+    source: str = "the data",
+) -> list[dict[str, np.ndarray]]:
+    """Train, validation and test rows of every walk-forward fold.
+
+    Args:
+        sample_dates: Date of each sample (datetime64), any order.
+        label_end: Date of the close each sample's label is measured at.
+        y: Labels, to check each training span holds both classes.
+        num_folds: Number of consecutive test spans.
+        val_fraction: Share of a training span's dates that validates.
+        gap: Dates left out between the training rows, the validation rows and the test span.
+        test_size: Dates per test span; default ``n_dates // (num_folds + 1)``.
+        window: Most dates a training span (validation included) may cover; default all before.
+        source: The data, for messages.
+
+    Returns:
+        One dict per fold with sorted ``train``, ``val`` and ``test`` row indices.
+
+    Raises:
+        QlitError: a span would be empty, or a training span holds a single class.
+    """
+    dates = np.unique(sample_dates)
+    n = len(dates)
+    position = np.searchsorted(dates, sample_dates)
+    size = test_size if test_size is not None else n // (num_folds + 1)
+    if size < 1 or num_folds * size >= n:
+        raise QlitError(
+            f"{source}: {n} dates are too few for num_folds={num_folds}"
+            + (f" test spans of test_size={test_size} dates" if test_size is not None else "")
+            + " and a training span before them; use fewer folds or more data"
+        )
+    folds = []
+    for k in range(num_folds):
+        test_start = n - (num_folds - k) * size
+        span_end = test_start - gap
+        span_start = max(0, span_end - window) if window is not None else 0
+        n_val = max(1, int(round(val_fraction * (span_end - span_start))))
+        val_start = span_end - n_val
+        train_end = val_start - gap
+        if train_end - span_start < 2:
+            raise QlitError(
+                f"{source}: fold {k} has no training span: {n} dates, test spans of {size}, gap={gap} "
+                f"before validation ({n_val} dates) and test{f', window={window}' if window else ''}; "
+                "use a smaller horizon or gap, fewer folds or more data"
+            )
+        in_train = (position >= span_start) & (position < train_end) & (label_end < dates[val_start])
+        in_val = (position >= val_start) & (position < span_end) & (label_end < dates[test_start])
+        in_test = (position >= test_start) & (position < test_start + size)
+        fold = {name: np.flatnonzero(mask) for name, mask in (("train", in_train), ("val", in_val), ("test", in_test))}
+        for name, rows in fold.items():
+            if len(rows) == 0:
+                raise QlitError(f"{source}: fold {k} has an empty {name} span (horizon or gap too large for the data)")
+        if len(np.unique(y[fold["train"]])) < 2:
+            raise QlitError(f"{source}: fold {k}'s training span holds a single class; use fewer folds or more data")
+        folds.append(fold)
+    return folds
+
+
+class EquityDataModule(KFoldDataModule):
+    """Daily bars of one or more symbols -> up/down over the next ``horizon`` days, with walk-forward folds.
+
+    Args:
+        path: CSV/TSV/Parquet of daily bars: ``date`` and ``close``, optionally ``open``, ``high``,
+            ``low``, ``volume`` and ``symbol`` (a long table of several symbols). Column names match
+            case-insensitively. Default ``arch:sp500``: S&P 500 daily bars 1999–2018 bundled with ``arch``.
+        symbols: Symbols of a long table to use; default all.
+        price_column: Column whose closes define returns and labels (e.g. ``"adj close"``).
+        date_format: ``strftime`` format of the dates; default inferred from the first date.
+        lags: Number of one-day log returns among the features.
+        rolling_window: Days of the rolling volatility, momentum, moving average and volume features.
+        horizon: Days ahead the label looks: 1 if log(close_{t+horizon} / close_t) > threshold.
+        threshold: Log-return threshold of the label.
+        folds: ``"walk_forward"``, or ``"shuffled"`` (stratified k-fold, which leaks the future: for
+            comparison only).
+        test_size: Dates per walk-forward test span; default ``dates // (num_folds + 1)``.
+        window: Most dates in a walk-forward training span (validation included); default expanding.
+        gap: Dates between training, validation and test rows; at least ``horizon`` (the default).
+        n_components: Principal components kept (PCA fit on the training rows), or ``None``.
+        **kwargs: Split, batch and predict options of `KFoldDataModule`; ``predict_file`` is a bar
+            table like ``path``, predicted on every day with a full history (the last days included).
+    """
+
+    def __init__(
+        self,
+        path: str = "arch:sp500",
+        symbols: list[str] | None = None,
+        price_column: str = "close",
+        date_format: str | None = None,
+        lags: int = 5,
+        rolling_window: int = 20,
+        horizon: int = 1,
+        threshold: float = 0.0,
+        folds: Literal["walk_forward", "shuffled"] = "walk_forward",
+        test_size: int | None = None,
+        window: int | None = None,
+        gap: int | None = None,
+        n_components: int | None = None,
+        **kwargs,
+    ) -> None:
+        _int_option("lags", lags, 1)
+        _int_option("rolling_window", rolling_window, 2)
+        _int_option("horizon", horizon, 1)
+        _int_option("test_size", test_size, 1, allow_none=True)
+        _int_option("window", window, 2, allow_none=True)
+        _int_option("gap", gap, 0, allow_none=True)
+        if gap is not None and gap < horizon:
+            raise QlitError(f"gap must be >= horizon={horizon} so that no label overlaps the next span, got {gap}")
+        if folds not in ("walk_forward", "shuffled"):
+            raise QlitError(f"folds must be 'walk_forward' or 'shuffled', got {folds!r}")
+        if not np.isfinite(threshold):
+            raise QlitError(f"threshold must be a finite number, got {threshold!r}")
+        table = read_table(path)
+        self._columns = self._match_columns(table, price_column)
+        if symbols is not None and "symbol" not in self._columns:
+            raise QlitError(f"{table.source}: symbols={symbols} needs a 'symbol' column")
+        self.path = str(path)
+        self.symbols = [str(s) for s in symbols] if symbols is not None else None
+        self.price_column = price_column
+        self.date_format = date_format
+        self.lags = lags
+        self.rolling_window = rolling_window
+        self.horizon = horizon
+        self.threshold = float(threshold)
+        self.folds = folds
+        self.test_size = test_size
+        self.window = window
+        self.gap = horizon if gap is None else gap
+        self.n_components = n_components
+        self.feature_names = feature_names(lags, rolling_window, set(self._columns) & set(OPTIONAL))
+        if n_components is not None and not 1 <= n_components <= len(self.feature_names):
+            count = len(self.feature_names)
+            raise QlitError(f"n_components must be in 1..{count}, the number of features; got {n_components!r}")
+        self.class_names = list(CLASS_NAMES)
+        self.num_classes = 2
+        self.raw_features = len(self.feature_names)
+        self.num_features = n_components or self.raw_features
+        self._table = table
+        self.sample_ids: np.ndarray | None = None
+        self.sample_dates: np.ndarray | None = None
+        self.label_end: np.ndarray | None = None
+        self._new: tuple[list[str], np.ndarray] | None = None
+        super().__init__(**kwargs)
+
+    @staticmethod
+    def _match_columns(table: Table, price_column: str) -> dict[str, str]:
+        """Role -> column name (``date``, ``close``, optional ones), matched case-insensitively."""
+        by_lower: dict[str, str] = {}
+        for name in table.columns:
+            key = name.strip().lower()
+            if key in by_lower:
+                raise QlitError(f"{table.source}: columns {by_lower[key]!r} and {name!r} differ only in case")
+            by_lower[key] = name
+        roles = {"date": "date", "close": price_column.strip().lower()}
+        found = {}
+        for role, key in roles.items():
+            if key not in by_lower:
+                table.require(key, f"the {role} column")
+            found[role] = by_lower[key]
+        for role in (*OPTIONAL, "symbol"):
+            if role in by_lower:
+                found[role] = by_lower[role]
+        return found
+
+    def make_preprocessor(self) -> Preprocessor:
+        return Preprocessor(n_components=self.n_components)
+
+    def describe_source(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "symbols": list(self.symbols) if self.symbols is not None else None,
+            "price_column": self.price_column,
+            "lags": self.lags,
+            "rolling_window": self.rolling_window,
+            "horizon": self.horizon,
+            "threshold": self.threshold,
+            "folds": self.folds,
+            "test_size": self.test_size,
+            "window": self.window,
+            "gap": self.gap,
+        }
+
+    def _series(self, table: Table) -> list[tuple[str, np.ndarray, np.ndarray, dict[str, np.ndarray]]]:
+        """Per symbol: name, file row indices, dates and bars (date order checked, values validated)."""
+        columns = self._columns if table is self._table else self._match_columns(table, self.price_column)
+        for role in sorted(self.feature_roles - set(columns)):
+            table.require(role, f"the {role} column the model was trained with")
+        if self.symbols is not None and "symbol" not in columns:
+            table.require("symbol", "the symbol column")
+        frame = table.frame
+        dates = self._dates(table, columns["date"])
+        values = {}
+        for role in ("close", *OPTIONAL):
+            if role in columns and (role == "close" or role in self.feature_roles):
+                values[role] = table.numbers(columns[role])
+                minimum, word = (0.0, "negative") if role == "volume" else (np.nextafter(0, 1), "not positive")
+                bad = values[role] < minimum
+                if bad.any():
+                    row = int(np.flatnonzero(bad)[0])
+                    raise QlitError(
+                        f"{table.source}: {table.where(row)}, column {columns[role]!r}: {values[role][row]} is {word}"
+                    )
+        if "symbol" in columns:
+            symbol_column = frame[columns["symbol"]]
+            if symbol_column.isna().any():
+                row = int(np.flatnonzero(symbol_column.isna().to_numpy())[0])
+                raise QlitError(f"{table.source}: {table.where(row)}, column {columns['symbol']!r}: missing symbol")
+            symbol_of = symbol_column.astype(str).str.strip().to_numpy()
+            names = sorted(set(symbol_of.tolist()))
+            if self.symbols is not None:
+                unknown = [s for s in self.symbols if s not in names]
+                if unknown:
+                    raise QlitError(f"{table.source}: no rows of symbol {unknown[0]!r}")
+                names = list(self.symbols)
+        else:
+            symbol_of = np.full(len(frame), "")
+            names = [""]
+        series = []
+        for name in names:
+            rows = np.flatnonzero(symbol_of == name)
+            d = dates[rows]
+            step = np.diff(d)
+            if (step <= np.timedelta64(0)).any():
+                i = int(np.flatnonzero(step <= np.timedelta64(0))[0])
+                a, b = table.where(rows[i]), table.where(rows[i + 1])
+                day = pd.Timestamp(d[i + 1]).date()
+                of = f" (symbol {name!r})" if name else ""
+                if step[i] == np.timedelta64(0):
+                    raise QlitError(f"{table.source}: {a} and {b} both hold the date {day}{of}")
+                raise QlitError(
+                    f"{table.source}: {b}: date {day} comes before {pd.Timestamp(d[i]).date()} on {a}{of}; "
+                    "sort the file by date"
+                )
+            series.append((name, rows, d, {role: v[rows] for role, v in values.items()}))
+        return series
+
+    @property
+    def feature_roles(self) -> set[str]:
+        present = set(self._columns) & set(OPTIONAL)
+        used = set()
+        if {"high", "low"} <= present:
+            used |= {"high", "low"}
+        return used | (present & {"open", "volume"})
+
+    def _dates(self, table: Table, name: str) -> np.ndarray:
+        column = table.frame[name]
+        try:
+            parsed = pd.to_datetime(column, format=self.date_format, errors="coerce")
+        except (ValueError, TypeError) as err:
+            raise QlitError(f"{table.source}: column {name!r} does not hold dates ({err})") from None
+        bad = parsed.isna().to_numpy()
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            value = column.iloc[row]
+            what = "missing date" if pd.isna(value) else f"{value!r} is not a date"
+            fmt = f" in the format {self.date_format!r}" if self.date_format else " like the first date"
+            raise QlitError(f"{table.source}: {table.where(row)}, column {name!r}: {what}"
+                            + ("" if pd.isna(value) else fmt))
+        if getattr(parsed.dt, "tz", None) is not None:
+            parsed = parsed.dt.tz_localize(None)
+        return parsed.to_numpy(dtype="datetime64[ns]")
+
+    def _samples(self, table: Table, labelled: bool):
+        """Features of every day with a full history (and, if ``labelled``, a label), ordered by date then symbol."""
+        xs, ys, ids, days, ends = [], [], [], [], []
+        history = max(self.lags, self.rolling_window)
+        for name, _, d, bars in self._series(table):
+            need = history + 1 + (self.horizon if labelled else 0)
+            if len(d) < need:
+                of = f"symbol {name!r} has" if name else "it has"
+                raise QlitError(
+                    f"{table.source}: {of} {len(d)} days of bars; lags={self.lags}, rolling_window="
+                    f"{self.rolling_window}" + (f" and horizon={self.horizon}" if labelled else "")
+                    + f" need at least {need}"
+                )
+            x = bar_features(bars, self.lags, self.rolling_window)
+            last = len(d) - self.horizon if labelled else len(d)
+            keep = np.arange(history, last)
+            xs.append(x[keep])
+            if labelled:
+                log_close = np.log(bars["close"])
+                forward = log_close[keep + self.horizon] - log_close[keep]
+                ys.append((forward > self.threshold).astype(np.int64))
+                ends.append(d[keep + self.horizon])
+            days.append(d[keep])
+            prefix = f"{name} " if name else ""
+            ids.append(np.array([prefix + str(pd.Timestamp(t).date()) for t in d[keep]]))
+        day = np.concatenate(days)
+        symbol_rank = np.concatenate([np.full(len(v), i) for i, v in enumerate(days)])
+        order = np.lexsort((symbol_rank, day))
+        out = {"x": np.concatenate(xs)[order], "ids": np.concatenate(ids)[order], "dates": day[order]}
+        if labelled:
+            out["y"] = np.concatenate(ys)[order]
+            out["label_end"] = np.concatenate(ends)[order]
+        return out
+
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        samples = self._samples(self._table, labelled=True)
+        if len(np.unique(samples["y"])) < 2:
+            raise QlitError(
+                f"{self._table.source}: every label is {CLASS_NAMES[int(samples['y'][0])]!r} with "
+                f"threshold={self.threshold}; a classifier needs both classes"
+            )
+        self.sample_ids, self.sample_dates, self.label_end = samples["ids"], samples["dates"], samples["label_end"]
+        return samples["x"], samples["y"]
+
+    def split(self, y: np.ndarray) -> dict[str, np.ndarray]:
+        if self.folds == "shuffled":
+            return super().split(y)
+        return self.walk_forward(y)[self.fold]
+
+    def walk_forward(self, y: np.ndarray | None = None) -> list[dict[str, np.ndarray]]:
+        """Rows of every walk-forward fold (needs `load` or `setup` first)."""
+        if self.sample_dates is None:
+            raise RuntimeError("walk_forward() needs load() or setup() first")
+        return walk_forward_folds(
+            self.sample_dates, self.label_end, self.y if y is None else y, self.num_folds, self.val_fraction,
+            self.gap, self.test_size, self.window, self._table.source,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(None if stage == "predict" else stage)
+        if stage == "predict" and self.predict_file is not None and self._new is None:
+            samples = self._samples(read_table(self.predict_file, what="predict file"), labelled=False)
+            self._new = (samples["ids"].tolist(), samples["x"])
+
+    def predict_dataloader(self) -> TensorLoader:
+        if self._new is None:
+            self.predict_ids = self.sample_ids[self.indices["test"]].tolist()
+            return self._loader(TensorDataset(self._dataset("test").tensors[0]))
+        self.predict_ids = list(self._new[0])
+        return self._loader(TensorDataset(self.preprocessor.transform(self._new[1])))

@@ -1,0 +1,227 @@
+"""Reading users' tables (CSV, TSV, Parquet) with pandas, and turning their columns into checked arrays.
+
+`read_table` is the one place qlit reads a table; every failure is a one-line `QlitError` naming the
+file and, where there is one, the line (text files) or row (Parquet) and the column at fault. A few
+tables that ship inside qlit's dependencies can be named instead of a path: ``sklearn:breast_cancer``,
+``sklearn:wine`` and ``sklearn:iris`` (scikit-learn), ``arch:sp500`` and ``arch:nasdaq`` (daily index
+bars bundled with the ``arch`` package).
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from qlit.errors import QlitError
+
+TEXT_SUFFIXES = {".csv": ",", ".tsv": "\t", ".csv.gz": ",", ".tsv.gz": "\t"}
+PARQUET_SUFFIXES = (".parquet", ".pq")
+SKLEARN_TABLES = ("breast_cancer", "wine", "iris")
+ARCH_TABLES = ("sp500", "nasdaq")
+BUILTIN = tuple(f"sklearn:{name}" for name in SKLEARN_TABLES) + tuple(f"arch:{name}" for name in ARCH_TABLES)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table as read: its columns (names stripped, file order) and where each row came from.
+
+    Attributes:
+        frame: The data, one row per data row of the file, index ``0..n-1``.
+        source: The file (or built-in table name) used in messages.
+        text: Whether rows are numbered by file line (CSV/TSV: the header is line 1) rather than
+            by row (Parquet, built-in tables: the first data row is row 1).
+    """
+
+    frame: pd.DataFrame
+    source: str
+    text: bool
+
+    def where(self, row: int) -> str:
+        """``"line 7"`` or ``"row 6"`` for the data row with index ``row``."""
+        return f"line {row + 2}" if self.text else f"row {row + 1}"
+
+    @property
+    def columns(self) -> list[str]:
+        return [str(c) for c in self.frame.columns]
+
+    def require(self, name: str, role: str) -> None:
+        """Raise unless column ``name`` exists; ``role`` says what it was asked for (e.g. ``"target"``)."""
+        if name not in self.frame.columns:
+            shown = ", ".join(repr(c) for c in self.columns[:12]) + (", …" if len(self.columns) > 12 else "")
+            raise QlitError(f"{self.source}: no column {name!r} ({role}); the columns are {shown}")
+
+    def numbers(self, name: str, missing: str = "error", hint: str = "") -> np.ndarray:
+        """Column ``name`` as float64; NaN marks a missing value when ``missing="keep"``.
+
+        Raises:
+            QlitError: a value is not a number or not finite, or (``missing="error"``) is missing;
+                ``hint`` is appended to the missing-value message.
+        """
+        column = self.frame[name]
+        if pd.api.types.is_bool_dtype(column):
+            column = column.astype("float64")
+        if pd.api.types.is_numeric_dtype(column):
+            values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            coerced = pd.to_numeric(column, errors="coerce")
+            bad = column.notna().to_numpy() & coerced.isna().to_numpy()
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                value = column.iloc[row]
+                raise QlitError(f"{self.source}: {self.where(row)}, column {name!r}: {value!r} is not a number")
+            values = coerced.to_numpy(dtype=np.float64, na_value=np.nan)
+        infinite = np.isinf(values)
+        if infinite.any():
+            row = int(np.flatnonzero(infinite)[0])
+            raise QlitError(f"{self.source}: {self.where(row)}, column {name!r}: {values[row]} is not a finite number")
+        if missing == "error" and np.isnan(values).any():
+            row = int(np.flatnonzero(np.isnan(values))[0])
+            raise QlitError(f"{self.source}: {self.where(row)}, column {name!r}: missing value{hint}")
+        return values
+
+    def is_numeric(self, name: str) -> bool:
+        """Whether column ``name`` holds numbers (a text column with some numbers in it raises instead).
+
+        A column of text that also holds numbers is most likely a numeric column with a typo; it is
+        reported rather than silently left out of the features.
+        """
+        column = self.frame[name]
+        if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
+            return True
+        if not (pd.api.types.is_string_dtype(column) or column.dtype == object):
+            return False  # dates, categories, …
+        coerced = pd.to_numeric(column, errors="coerce")
+        if coerced.notna().any():
+            self.numbers(name, missing="keep")  # raises, naming the first value that is not a number
+        return False
+
+
+def read_table(path: str | Path, what: str = "data file") -> Table:
+    """Read a CSV, TSV or Parquet file (or a built-in table) with pandas.
+
+    Text files may be gzip-compressed (``.csv.gz``) and may start with a UTF-8 or UTF-16 byte-order
+    mark, as spreadsheet programs write them. Column names are stripped of surrounding blanks; they
+    must be present and unique.
+
+    Args:
+        path: ``.csv``, ``.tsv``, ``.csv.gz``, ``.tsv.gz``, ``.parquet``, or a name from `BUILTIN`.
+        what: What the file is, for messages (``"data file"``, ``"predict file"``).
+
+    Returns:
+        The `Table`.
+
+    Raises:
+        QlitError: the file is missing, of an unknown kind, unreadable, empty, or its header is bad.
+    """
+    name = str(path)
+    if name in BUILTIN:
+        return _builtin(name)
+    path = Path(path)
+    lower = path.name.lower()
+    suffix = next((s for s in (*TEXT_SUFFIXES, *PARQUET_SUFFIXES) if lower.endswith(s)), None)
+    if not path.is_file():
+        if ":" in name and not path.parent.exists():
+            raise QlitError(f"{what} not found: {path} (built-in tables are {', '.join(BUILTIN)})")
+        raise QlitError(f"{what} not found: {path}")
+    if suffix is None:
+        raise QlitError(f"{path}: unknown kind of table; use a .csv, .tsv or .parquet file")
+    if suffix in PARQUET_SUFFIXES:
+        frame = _read_parquet(path)
+        text = False
+    else:
+        frame = _read_text(path, TEXT_SUFFIXES[suffix])
+        text = True
+    if len(frame) == 0:
+        raise QlitError(f"{path}: no data rows (expected a header row and at least one data row)")
+    return Table(frame.reset_index(drop=True), str(path), text)
+
+
+def _encoding(path: Path) -> str:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            start = handle.read(4)
+    except OSError as err:
+        raise QlitError(f"{path}: cannot be read ({err})") from None
+    if start[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "utf-16"
+    return "utf-8-sig"  # also reads plain UTF-8; strips the mark that would hide the first column's name
+
+
+def _read_text(path: Path, sep: str) -> pd.DataFrame:
+    encoding = _encoding(path)
+    options = {"sep": sep, "encoding": encoding, "skipinitialspace": True, "low_memory": False}
+    try:
+        header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, **options)
+        frame = pd.read_csv(path, **options)
+    except pd.errors.EmptyDataError:
+        raise QlitError(f"{path}: empty file (expected a header row and at least one data row)") from None
+    except pd.errors.ParserError as err:
+        found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(err))
+        if found:
+            expected, line, saw = found.groups()
+            raise QlitError(f"{path}: line {line} has {saw} fields, the header has {expected}") from None
+        raise QlitError(f"{path}: not a readable table ({str(err).strip().splitlines()[0]})") from None
+    except UnicodeDecodeError as err:
+        raise QlitError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
+    except (OSError, EOFError) as err:
+        raise QlitError(f"{path}: cannot be read ({err})") from None
+    names = [str(v).strip() for v in header.iloc[0].tolist()]
+    _check_names(path, names)
+    frame.columns = names
+    return frame
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise QlitError(f"{path}: reading Parquet files needs pyarrow: pip install 'qlit[parquet]'") from None
+    import pyarrow.lib
+
+    try:
+        frame = pd.read_parquet(path)
+    except (pyarrow.lib.ArrowException, OSError, ValueError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise QlitError(f"{path}: not a readable Parquet file ({message})") from None
+    names = [str(c).strip() for c in frame.columns]
+    _check_names(path, names)
+    frame.columns = names
+    return frame
+
+
+def _check_names(path: Path, names: list[str]) -> None:
+    for i, name in enumerate(names):
+        if not name or name.lower() == "nan":
+            raise QlitError(f"{path}: column {i + 1} has no name in the header")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise QlitError(f"{path}: column name {name!r} appears twice in the header")
+        seen.add(name)
+
+
+def _builtin(name: str) -> Table:
+    package, table = name.split(":", 1)
+    if package == "sklearn":
+        from sklearn import datasets
+
+        bunch = getattr(datasets, f"load_{table}")()
+        frame = pd.DataFrame(bunch.data, columns=[str(c) for c in bunch.feature_names])
+        frame["target"] = np.asarray(bunch.target_names)[bunch.target]
+        return Table(frame, name, text=False)
+    # Located without importing arch: its package import pulls in statsmodels, which qlit never uses.
+    spec = importlib.util.find_spec("arch")
+    if spec is None or spec.origin is None:
+        raise QlitError(f"{name} needs the arch package, which bundles the data: pip install arch")
+    path = Path(spec.origin).parent / "data" / table / f"{table}.csv.gz"
+    if not path.is_file():
+        raise QlitError(f"{name}: the installed arch package has no {path.name}")
+    frame = _read_text(path, ",")
+    return Table(frame, name, text=True)

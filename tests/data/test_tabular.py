@@ -1,0 +1,201 @@
+"""TabularDataModule and read_table: the user's own CSV/TSV/Parquet tables, end to end through the real CLI."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qlit import load_model
+from qlit.cli import main
+from qlit.data import TabularDataModule, read_table
+from qlit.errors import QlitError
+from tests.conftest import CONFIGS, QUICK
+
+TABULAR = str(CONFIGS / "tabular.yaml")
+
+
+def animals(n: int = 60, seed: int = 0) -> pd.DataFrame:
+    """A small separable table: an id, two string classes, three numeric features and a text column."""
+    rng = np.random.default_rng(seed)
+    label = np.where(np.arange(n) % 2 == 0, "cat", "dog")
+    shift = np.where(label == "dog", 2.0, -2.0)
+    return pd.DataFrame({
+        "name": [f"a{i}" for i in range(n)],
+        "weight": shift + rng.normal(size=n),
+        "species": label,
+        "height": shift + rng.normal(size=n),
+        "colour": rng.choice(["black", "white"], n),
+        "age": rng.normal(size=n),
+    })
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in root.rglob("*") if p.is_file()}
+
+
+def test_string_labels_default_features_and_ids(tmp_path):
+    animals().to_csv("a.csv", index=False)
+    dm = TabularDataModule(path="a.csv", target="species", id_column="name", num_folds=3)
+    assert dm.class_names == ["cat", "dog"] and dm.num_classes == 2
+    assert dm.features == ["weight", "height", "age"], "id, target and the text column are not features"
+    assert dm.num_features == dm.raw_features == 3
+    dm.setup("fit")
+    assert dm.x.shape == (60, 3) and dm.x.dtype == np.float64
+    assert list(dm.y[:4]) == [0, 1, 0, 1]
+    assert dm.row_ids[0] == "a0"
+    assert dm.split_identity()["source"]["path"] == "a.csv"
+
+
+def test_integer_labels_sort_by_value_and_classes_choose_a_subset(tmp_path):
+    frame = animals(90)
+    frame["species"] = np.tile([10, 2, 7], 30)
+    frame.to_csv("a.csv", index=False)
+    assert TabularDataModule(path="a.csv", target="species").class_names == ["2", "7", "10"]
+    dm = TabularDataModule(path="a.csv", target="species", classes=[10, 2], num_folds=3)
+    dm.setup("fit")
+    assert dm.class_names == ["10", "2"] and len(dm.y) == 60
+    labels = frame["species"].to_numpy()
+    assert list(dm.y[:2]) == [0, 1] and labels[0] == 10 and labels[1] == 2
+
+
+def test_parquet_tsv_and_bom_csv_read_the_same_table(tmp_path):
+    frame = animals()
+    frame.to_csv("a.csv", index=False)
+    frame.to_parquet("a.parquet", index=False)
+    frame.to_csv("a.tsv", sep="\t", index=False)
+    Path("bom.csv").write_bytes(b"\xef\xbb\xbf" + Path("a.csv").read_bytes())
+    frame.to_csv("utf16.csv", index=False, encoding="utf-16")
+    reference = TabularDataModule(path="a.csv", target="species", id_column="name")
+    reference.setup("fit")
+    for other in ("a.parquet", "a.tsv", "bom.csv", "utf16.csv"):
+        dm = TabularDataModule(path=other, target="species", id_column="name")
+        dm.setup("fit")
+        assert dm.features == reference.features, other
+        np.testing.assert_allclose(dm.x, reference.x, rtol=0, atol=1e-12, err_msg=other)
+        assert np.array_equal(dm.y, reference.y) and list(dm.row_ids) == list(reference.row_ids)
+    assert read_table("bom.csv").columns[0] == "name", "the byte-order mark must not stick to the first name"
+
+
+def test_missing_value_is_an_error_or_the_training_rows_mean(tmp_path):
+    frame = animals()
+    frame.loc[7, "height"] = np.nan
+    frame.to_csv("a.csv", index=False)
+    with pytest.raises(QlitError, match=r"a\.csv: line 9, column 'height': missing value"):
+        TabularDataModule(path="a.csv", target="species").setup("fit")
+    for fold in range(3):
+        dm = TabularDataModule(path="a.csv", target="species", impute="mean", num_folds=3, fold=fold)
+        dm.setup("fit")
+        train = [r for r in dm.indices["train"] if r != 7]
+        expected = frame.loc[train, "height"].mean()  # no validation or test row in the mean
+        assert dm.x[7, 1] == pytest.approx(expected)
+        assert not np.isnan(dm.x).any()
+        assert dm.state_dict()["impute_means"][1].item() == pytest.approx(expected)
+
+
+def test_numeric_column_with_a_typo_and_explicit_text_feature_are_errors(tmp_path):
+    frame = animals().astype({"age": object})
+    frame.loc[4, "age"] = "12,5"
+    frame.to_csv("a.csv", index=False)
+    with pytest.raises(QlitError, match=r"line 6, column 'age': '12,5' is not a number"):
+        TabularDataModule(path="a.csv", target="species")
+    animals().to_csv("b.csv", index=False)
+    dm = TabularDataModule(path="b.csv", target="species", features=["weight", "colour"])
+    with pytest.raises(QlitError, match=r"b\.csv: line 2, column 'colour': '(black|white)' is not a number"):
+        dm.setup("fit")
+
+
+def run_cli(args: list[str]) -> None:
+    main([*args, *QUICK])
+
+
+def test_fit_test_predict_by_column_name_and_int8_export(tmp_path, capfd):
+    frame = animals(80)
+    frame.to_csv("train.csv", index=False)
+    data = ["--data.init_args.path=train.csv", "--data.init_args.target=species", "--data.init_args.id_column=name",
+            "--data.init_args.n_components=null", "--data.init_args.num_folds=4"]
+    run_cli(["fit", "--config", TABULAR, *data, "--trainer.max_epochs=2"])
+    run = Path("lightning_logs/tabular/version_0")
+    assert (run / "model_int8.pt").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
+    run_cli(["test", "--config", TABULAR, *data, "--ckpt_path=best"])
+    new = frame.iloc[:10]
+    new.to_csv("new.csv", index=False)
+    # Same rows, columns reordered and one extra: predictions must not change.
+    new.assign(notes="x")[["age", "notes", "height", "name", "weight"]].to_csv("reordered.csv", index=False)
+    capfd.readouterr()
+    run_cli(["predict", "--config", TABULAR, *data, "--ckpt_path=best", "--data.init_args.predict_file=new.csv"])
+    run_cli(["predict", "--config", TABULAR, *data, "--ckpt_path=best", "--data.init_args.predict_file=reordered.csv"])
+    err = capfd.readouterr().err
+    assert "ignoring columns that are not features: 'notes'" in err
+    first = list(csv.reader((run / "predictions.csv").open()))
+    second = list(csv.reader((run / "predictions_1.csv").open()))
+    assert first == second and len(first) == 11 and first[1][0] == "a0"
+    int8 = load_model(run / "model_int8.pt")
+    probs = int8.predict_proba(new[["weight", "height", "age"]].to_numpy())
+    np.testing.assert_allclose(probs[:, 1], [float(r[3]) for r in first[1:]], atol=0.05)
+
+
+def test_cv_reports_hybrid_twin_and_logistic_regression(tmp_path):
+    run_cli(["cv", "--config", TABULAR, "--data.init_args.num_folds=2", "--trainer.max_epochs=1"])
+    summary = json.loads(Path("lightning_logs/tabular/cv_summary.json").read_text())
+    assert summary["num_folds"] == 2 and summary["class_names"] == ["benign", "malignant"]
+    assert summary["baselines"]["logistic_regression"]["test_acc_mean"] > 0.9
+    assert sum(f["n_test"] for f in summary["folds"]) == 569
+
+
+FIT = ["fit", "--config", TABULAR, "--trainer.max_epochs=1", "--data.init_args.n_components=null"]
+GOOD = ["--data.init_args.path=a.csv", "--data.init_args.target=species"]
+
+
+def table_case(name: str, args: list[str], words: list[str], files: dict[str, str] | None = None):
+    """One bad input: the command, the words its one-line error must hold, files to write first."""
+    return pytest.param(args, words, files or {}, id=name)
+
+
+ONE_CLASS = "x,y,label\n" + "".join(f"{i},{i * 2},same\n" for i in range(20))
+CASES = [
+    table_case("file-missing", [*FIT, "--data.init_args.path=absent.csv", "--data.init_args.target=y"], ["absent.csv"]),
+    table_case("unknown-suffix", [*FIT, "--data.init_args.path=a.xlsx", "--data.init_args.target=y"], ["a.xlsx"],
+               {"a.xlsx": "x"}),
+    table_case("target-missing", [*FIT, "--data.init_args.path=a.csv", "--data.init_args.target=kind"],
+               ["a.csv", "'kind'"]),
+    table_case("non-numeric-feature", [*FIT, *GOOD, "--data.init_args.features=[weight,colour]"],
+               ["a.csv", "'colour'", "not a number"]),
+    table_case("single-class", [*FIT, "--data.init_args.path=one.csv", "--data.init_args.target=label"],
+               ["one.csv", "single class", "'same'"], {"one.csv": ONE_CLASS}),
+    table_case("ragged-row", [*FIT, "--data.init_args.path=r.csv", "--data.init_args.target=y"],
+               ["r.csv", "line 3", "3 fields"], {"r.csv": "x,y\n1,a\n2,b,9\n"}),
+    table_case("duplicate-header", [*FIT, "--data.init_args.path=d.csv", "--data.init_args.target=y"],
+               ["d.csv", "'x'", "twice"], {"d.csv": "x,x,y\n1,2,a\n"}),
+    table_case("missing-value", [*FIT, "--data.init_args.path=m.csv", "--data.init_args.target=y"],
+               ["m.csv", "line 3", "'x'", "missing"], {"m.csv": "x,y\n1,a\n,b\n3,a\n4,b\n"}),
+    table_case("unknown-class", [*FIT, *GOOD, "--data.init_args.classes=[cat,cow]"], ["'cow'", "'species'"]),
+    table_case("bad-impute", [*FIT, *GOOD, "--data.init_args.impute=median"], ["impute", "median"]),
+    table_case("predict-column-missing",
+               ["predict", "--config", TABULAR, *GOOD, "--data.init_args.n_components=null",
+                "--data.init_args.predict_file=p.csv"],
+               ["p.csv", "'age'"], {"p.csv": "weight,height\n1,2\n"}),
+]
+
+
+@pytest.mark.parametrize(("args", "words", "files"), CASES)
+def test_bad_table_is_one_line_exit_2_and_writes_nothing(tmp_path, capfd, args, words, files):
+    animals().to_csv("a.csv", index=False)
+    for name, text in files.items():
+        Path(name).write_text(text)
+    before = snapshot(tmp_path)
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(args)
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert exit_info.value.code == 2
+    assert len(lines) == 1 and lines[0].startswith("qlit: error: "), lines
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert snapshot(tmp_path) == before

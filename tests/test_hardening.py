@@ -1,0 +1,139 @@
+"""Concurrent runs, signals and the one-line promise, checked on real ``qlit`` processes as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from qlit.checkpoint_io import load_checkpoint
+from qlit.cli import main
+from tests.conftest import CONFIGS, QUICK
+
+IRIS = str(CONFIGS / "iris.yaml")
+
+
+def qlit(*args: str) -> list[str]:
+    return [sys.executable, "-m", "qlit", *args, *QUICK]
+
+
+def environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("QLIT_DEBUG", "PL_GLOBAL_SEED", "QLIT_RUN_VERSION")}
+
+
+def test_runs_started_together_never_share_a_folder(in_tmp_path: Path):
+    cv = ["cv", "--config", IRIS, "--data.num_folds=2", "--trainer.max_epochs=1"]
+    fit = ["fit", "--config", IRIS, "--trainer.max_epochs=1"]
+    commands = [qlit(*cv, "--seed_everything=1"), qlit(*cv, "--seed_everything=2"), qlit(*fit), qlit(*fit)]
+    procs = [
+        subprocess.Popen(c, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for c in commands
+    ]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    for code, out, err in results:
+        assert code == 0, err[-3000:]
+
+    experiment = Path("lightning_logs/iris")
+    summaries = [json.loads(p.read_text()) for p in sorted(experiment.rglob("cv_summary.json"))]
+    assert len(summaries) == 2
+    assert {s["seed_everything"] for s in summaries} == {1, 2}
+    assert {s["experiment"] for s in summaries} == {"iris", "iris/cv_1"}
+    checkpoints = [f["best_checkpoint"] for s in summaries for f in s["folds"]]
+    assert len(set(checkpoints)) == 4, "two cv runs tested the same checkpoint"
+    for summary in summaries:
+        for fold in summary["folds"]:  # each fold's checkpoint holds the seed of the run that tested it
+            saved = load_checkpoint(fold["best_checkpoint"])
+            assert saved["hyper_parameters"] and Path(fold["best_checkpoint"]).parts[2] != "version_0"
+
+    fits = sorted(p.name for p in experiment.glob("version_*"))
+    assert fits == ["version_0", "version_1"]
+    for name in fits:
+        assert sorted(p.name for p in (experiment / name / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+        assert [p.name for p in (experiment / name).glob("config*.yaml")] == ["config.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["fit", "--config", IRIS, "--data.num_folds=60"], ["num_folds=60", "setosa"]),  # the README's example
+        (["fit", "--config", IRIS, "--data.val_fraction=nan"], ["data.val_fraction", "nan"]),
+        (["test", "--config", IRIS, "--ckpt_path=best"], ["no best.ckpt"]),
+    ],
+    ids=["found-after-parsing", "parser", "checkpoint"],
+)
+def test_an_error_is_the_only_line_on_the_real_stderr(in_tmp_path: Path, args: list[str], words: list[str]):
+    done = subprocess.run(qlit(*args), env=environment(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("qlit: error: "), done.stderr
+    assert all(word in lines[0] for word in words), lines[0]
+    assert done.stdout.strip() == ""
+    assert not Path("lightning_logs").exists()
+
+
+def test_an_unusable_log_folder_is_one_line(capfd):
+    Path("lightning_logs").write_text("not a folder\n")
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", IRIS, "--trainer.max_epochs=1", *QUICK])
+    err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert exit_info.value.code == 2 and len(err) == 1 and "lightning_logs is a file" in err[0], err
+    assert Path("lightning_logs").read_text() == "not a folder\n"
+
+
+SIGNAL_HELPER = '''
+import os
+import signal
+
+import lightning as L
+
+
+class TermAfterTraining(L.Callback):
+    """SIGTERM once training has finished, as the INT8 export is about to run."""
+
+    def on_train_end(self, trainer, pl_module):
+        os.kill(os.getpid(), signal.SIGTERM)
+'''
+
+
+def test_sigterm_after_the_last_epoch_still_exits_143(in_tmp_path: Path, monkeypatch, capfd):
+    (in_tmp_path / "qlit_term.py").write_text(SIGNAL_HELPER)
+    monkeypatch.syspath_prepend(str(in_tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", IRIS, "--trainer.max_epochs=1", "--trainer.callbacks+=qlit_term.TermAfterTraining",
+              *QUICK])
+    assert exit_info.value.code == 143
+    assert "SIGTERM after" in capfd.readouterr().err
+    run_dir = Path("lightning_logs/iris/version_0")
+    assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["epoch"] == 0
+    assert not list(run_dir.glob("model_int8*")), "the export was cut short: no half-written artifact"
+
+
+def test_ctrl_c_while_starting_is_one_line(in_tmp_path: Path):
+    proc = subprocess.Popen(qlit("fit", "--config", IRIS), env=environment(), stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # inside the imports of torch, Lightning and PennyLane
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "qlit: " in err
+
+
+def test_small_circuits_train_on_one_thread_unless_told(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        torch.set_num_threads(2)
+        main(["fit", "--config", IRIS, "--trainer.max_epochs=1", *QUICK])
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("QLIT_NUM_THREADS", "2")
+        main(["fit", "--config", IRIS, "--trainer.max_epochs=1", *QUICK])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
