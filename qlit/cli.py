@@ -25,8 +25,8 @@ from qlit.callbacks.safety import GracefulStop, NonFiniteGuard, TrainingInterrup
 from qlit.checkpoint_io import SafeCheckpointIO, check_checkpoint_content, load_checkpoint
 from qlit.config_files import check_config_files
 from qlit.cv import cross_validate
-from qlit.diagnostics import run_diagnose
 from qlit.data import KFoldDataModule
+from qlit.diagnostics import run_diagnose
 from qlit.errors import QlitError
 from qlit.models import HybridClassifier
 from qlit.preflight import check_resume_overrides, preflight

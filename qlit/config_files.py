@@ -75,7 +75,8 @@ def check_config_file(path: str | Path) -> None:
     except yaml.YAMLError as err:
         raise QlitError(f"config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if content is not None and not isinstance(content, dict):
-        raise QlitError(f"config {path} must be a mapping of keys (model:, data:, trainer:), not a {type(content).__name__}")
+        kind = type(content).__name__
+        raise QlitError(f"config {path} must be a mapping of keys (model:, data:, trainer:), not a {kind}")
 
 
 def check_config_files(args: Sequence[str]) -> None:

@@ -336,8 +336,8 @@ def _summary_table(summary: dict[str, Any]) -> str:
             f"sd: {STD_NOTE}. {CI_NOTE}. The classical twin replaces the quantum layer by Linear + tanh of the "
             "same width, trained identically; logistic regression (scikit-learn, default L2, C=1) is fit on the "
             "same preprocessed training rows; the majority class always predicts the training rows' most frequent "
-            "class, so its accuracy is the base rate any model must beat. Each fold's `config.yaml` reproduces it with `qlit fit` then "
-            "`qlit test`."
+            "class, so its accuracy is the base rate any model must beat. Each fold's `config.yaml` reproduces "
+            "it with `qlit fit` then `qlit test`."
         ),
         "",
     ]
@@ -445,7 +445,7 @@ def cross_validate(cli_class: type, config: Namespace, full_config: str) -> dict
         },
         "paired_differences": {
             f"hybrid_minus_{b}": interval([h[METRIC] - r[METRIC] for h, r in zip(hybrid, records)], clip=False)
-            for b, records in (("classical_twin", twin), ("logistic_regression", logistic), ("majority_class", majority))
+            for b, records in zip(BASELINES, (twin, logistic, majority))
         },
     }
     json_path = unused_path(cv_dir / "cv_summary.json")

@@ -304,5 +304,6 @@ def run_diagnose(
         release_if_empty(folder)
         raise
     print("\n" + barren_plateau_table(records), flush=True)
-    print(f"qlit diagnose: wrote {paths['json']}, {paths['md']} and {paths['png']} (and TensorBoard events)", flush=True)
+    written = f"{paths['json']}, {paths['md']} and {paths['png']}"
+    print(f"qlit diagnose: wrote {written} (and TensorBoard events)", flush=True)
     return paths

@@ -37,3 +37,22 @@ QUICK = [
 def quick_args() -> list[str]:
     """Trainer overrides that keep CLI test output short."""
     return list(QUICK)
+
+
+def one_line_error(args: list[str], capfd: pytest.CaptureFixture, words: tuple[str, ...] | list[str] = ()) -> str:
+    """Run ``qlit`` in-process on a command that must fail; return its one stderr line.
+
+    Checks what the CLI promises for bad input: exit status 2 and a single ``qlit: error:`` line on
+    stderr (captured at the file descriptor, so logging handlers count too) containing each of ``words``.
+    """
+    from qlit.cli import main
+
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, *QUICK])
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert exit_info.value.code == 2
+    assert len(lines) == 1 and lines[0].startswith("qlit: error: "), lines
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]

@@ -6,8 +6,8 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from qlit.cli import main
-from tests.conftest import CONFIGS
+from qlit.cli import QlitCLI, main
+from tests.conftest import CONFIGS, QUICK
 
 ALL_CONFIGS = sorted(CONFIGS.glob("*.yaml"))
 IRIS = str(CONFIGS / "iris.yaml")
@@ -24,8 +24,14 @@ def scalars(run_dir: Path) -> dict[str, list]:
 
 
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda p: p.stem)
-def test_every_config_runs(config: Path):
-    run("fit", "--config", str(config), "--trainer.fast_dev_run=true")
+def test_every_config_trains_a_step_and_validates(config: Path):
+    cli = QlitCLI(args=["fit", "--config", str(config), "--trainer.fast_dev_run=true", *QUICK])
+    assert cli.trainer.global_step == 1
+    metrics = cli.trainer.callback_metrics
+    assert torch.isfinite(metrics["train_loss"]) and torch.isfinite(metrics["val_loss"])
+    assert 0 <= float(metrics["val_acc"]) <= 1
+    assert cli.model.hparams.in_features == cli.datamodule.num_features
+    assert cli.model.hparams.num_classes == len(cli.datamodule.class_names) >= 2
 
 
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda p: p.stem)

@@ -51,7 +51,8 @@ def test_two_process_ddp_matches_one_process(in_tmp_path: Path, monkeypatch):
         f"--trainer.max_epochs={EPOCHS}", "--data.init_args.batch_size=16", *QUICK,
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("QLIT_DEBUG", "PL_GLOBAL_SEED")}
-    proc = qlit_subprocess(ddp_args, ddp_dir, env)
+    # QLIT_DEBUG keeps Lightning's start-up lines, which say how many processes it started
+    proc = qlit_subprocess(ddp_args, ddp_dir, {**env, "QLIT_DEBUG": "1"})
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "Starting with 2 processes" in proc.stdout + proc.stderr
 
@@ -114,7 +115,8 @@ class Rank1Dies(L.Callback):
 def test_a_dead_ddp_peer_stops_the_job_in_one_line(in_tmp_path: Path):
     (in_tmp_path / "qlit_peer.py").write_text(PEER_DIES)
     env = {k: v for k, v in os.environ.items() if k not in ("QLIT_DEBUG", "PL_GLOBAL_SEED")}
-    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(in_tmp_path), env.get("PYTHONPATH")])), QLIT_DDP_TIMEOUT="20")
+    path = os.pathsep.join(filter(None, [str(in_tmp_path), env.get("PYTHONPATH")]))  # where qlit_peer.py is
+    env.update(PYTHONPATH=path, QLIT_DDP_TIMEOUT="20")
     args = [
         "fit", "--config", str(CONFIGS / "iris.yaml"), "--trainer.max_epochs=3",
         "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",

@@ -137,3 +137,26 @@ def test_small_circuits_train_on_one_thread_unless_told(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_read_only_log_folder_is_one_line(in_tmp_path: Path):
+    from tests.test_bad_input import _as_reader_without_root_powers
+
+    logs = Path("lightning_logs")
+    (logs / "iris").mkdir(parents=True)
+    logs.chmod(0o555)
+    (logs / "iris").chmod(0o555)
+    try:
+        prefix = _as_reader_without_root_powers()
+        probe = subprocess.run([*prefix, sys.executable, "-c", "open('lightning_logs/iris/x', 'w')"],
+                               capture_output=True)
+        assert probe.returncode != 0, "the folder must really be read-only"
+        done = subprocess.run([*prefix, *qlit("fit", "--config", IRIS, "--trainer.max_epochs=1")],
+                              env=environment(), capture_output=True, text=True, timeout=120)
+    finally:
+        (logs / "iris").chmod(0o755)
+        logs.chmod(0o755)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert "lightning_logs/iris" in lines[0] and "ermission denied" in lines[0], lines[0]
+    assert [p.name for p in (logs / "iris").iterdir()] == []

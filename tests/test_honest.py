@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from qlit.checkpoint_io import load_checkpoint
 from qlit.cli import main
-from tests.conftest import CONFIGS, QUICK
+from tests.conftest import CONFIGS, QUICK, one_line_error
 
 IRIS = str(CONFIGS / "iris.yaml")
 GENOMIC = str(CONFIGS / "genomic.yaml")
@@ -28,13 +27,7 @@ def run(args: list[str]) -> None:
 
 
 def fails(args: list[str], capfd) -> str:
-    """Run a command that must fail; return its one stderr line."""
-    capfd.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main([*args, *QUICK])
-    err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
-    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("qlit: error: "), err
-    return err[0]
+    return one_line_error(args, capfd)
 
 
 def tags(run_dir: Path) -> set[str]:

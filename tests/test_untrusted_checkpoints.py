@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import qlit
-from qlit.checkpoint_io import SafeCheckpointIO, install, load_checkpoint
+from qlit.checkpoint_io import SafeCheckpointIO, load_checkpoint
 from qlit.cli import main
 from qlit.data import IrisDataModule
 from qlit.errors import QlitError
@@ -133,8 +133,10 @@ def test_export_loader_refuses_code(crafted):
 
 def test_trainer_checkpoint_plugin_refuses_code(crafted):
     path, marker = crafted
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-    install(trainer)
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+        plugins=[SafeCheckpointIO()],  # as the qlit CLI builds every Trainer
+    )
     assert isinstance(trainer.strategy.checkpoint_io, SafeCheckpointIO)
     model = HybridClassifier(in_features=4, num_classes=2, backend="qlit")
     with pytest.raises(QlitError, match="refusing to load"):

@@ -45,7 +45,7 @@ class Preprocessor:
         """Apply the fitted transform; returns float32 features."""
         if not self.fitted:
             raise RuntimeError("Preprocessor.transform called before fit or load_state_dict")
-        t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        t = torch.as_tensor(np.array(x, dtype=np.float64))  # a copy: pandas 3 hands out read-only arrays
         if "pca_components" in self.state:
             t = (t - self.state["pca_mean"]) @ self.state["pca_components"].T
         return ((t - self.state["scale_mean"]) / self.state["scale_std"]).float()

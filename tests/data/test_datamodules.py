@@ -4,9 +4,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from qlit.data import IrisDataModule, SNPDataModule
-from qlit.data.snp import read_genotype_csv
 from qlit.data.sampling import TensorLoader
 from qlit.data.simulate import POPULATIONS, simulate_null, simulate_populations
+from qlit.data.snp import read_genotype_csv
 from qlit.errors import QlitError
 
 

@@ -16,7 +16,7 @@ from qlit import load_model
 from qlit.cli import main
 from qlit.data import EquityDataModule
 from qlit.errors import QlitError
-from tests.conftest import CONFIGS, QUICK
+from tests.conftest import CONFIGS, QUICK, one_line_error
 
 EQUITY = str(CONFIGS / "equity.yaml")
 
@@ -250,12 +250,5 @@ def test_bad_prices_are_one_line_exit_2_and_write_nothing(tmp_path, capfd, args,
     frame = bars()
     (edit(frame) if edit is not None else frame).to_csv("prices.csv", index=False)
     before = snapshot(tmp_path)
-    capfd.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli([*FIT, "--data.init_args.path=prices.csv", *args])
-    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
-    assert exit_info.value.code == 2
-    assert len(lines) == 1 and lines[0].startswith("qlit: error: "), lines
-    for word in words:
-        assert word in lines[0], (word, lines[0])
+    one_line_error([*FIT, "--data.init_args.path=prices.csv", *args], capfd, words)
     assert snapshot(tmp_path) == before

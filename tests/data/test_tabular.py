@@ -15,7 +15,7 @@ from qlit import load_model
 from qlit.cli import main
 from qlit.data import TabularDataModule, read_table
 from qlit.errors import QlitError
-from tests.conftest import CONFIGS, QUICK
+from tests.conftest import CONFIGS, QUICK, one_line_error
 
 TABULAR = str(CONFIGS / "tabular.yaml")
 
@@ -190,12 +190,5 @@ def test_bad_table_is_one_line_exit_2_and_writes_nothing(tmp_path, capfd, args, 
     for name, text in files.items():
         Path(name).write_text(text)
     before = snapshot(tmp_path)
-    capfd.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(args)
-    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
-    assert exit_info.value.code == 2
-    assert len(lines) == 1 and lines[0].startswith("qlit: error: "), lines
-    for word in words:
-        assert word in lines[0], (word, lines[0])
+    one_line_error(args, capfd, words)
     assert snapshot(tmp_path) == before
