@@ -56,6 +56,55 @@ def run_qlit_cv(config: Path, epochs: int | None, env: dict[str, str]) -> float:
     return elapsed
 
 
+def cv_seconds_and_accuracy(config: Path, env: dict[str, str]) -> tuple[float, dict[str, float]]:
+    """Wall seconds of ``python -m qlit cv`` and its summary's mean test accuracies (hybrid and baselines)."""
+    command = [sys.executable, "-m", "qlit", "cv", "--config", str(config),
+               "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+    with tempfile.TemporaryDirectory(prefix="qlit_e2e_") as scratch:
+        start = time.perf_counter()
+        done = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True)
+        elapsed = time.perf_counter() - start
+        if done.returncode != 0:
+            sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
+            raise SystemExit(f"qlit cv failed with exit status {done.returncode}")
+        summary = json.loads(next(Path(scratch).rglob("cv_summary.json")).read_text())
+    means = {"hybrid": summary["test_acc_mean"]}
+    means.update({name: b["test_acc_mean"] for name, b in summary["baselines"].items()})
+    return elapsed, means
+
+
+def without_early_stopping(config: Path, folder: Path) -> Path:
+    """A copy of ``config`` whose callbacks lack EarlyStopping (every fold runs all max_epochs)."""
+    import yaml
+
+    content = yaml.safe_load(config.read_text())
+    callbacks = content["trainer"].get("callbacks") or []
+    content["trainer"]["callbacks"] = [c for c in callbacks if "EarlyStopping" not in str(c.get("class_path", c))]
+    path = folder / f"{config.stem}_no_early_stopping.yaml"
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+    return path
+
+
+def early_stopping_effect(config: Path, repeats: int, env: dict[str, str]) -> int:
+    """``--early-stopping``: ``qlit cv`` with the config's EarlyStopping against the same config without it."""
+    with tempfile.TemporaryDirectory(prefix="qlit_es_") as scratch:
+        full = without_early_stopping(config, Path(scratch))
+        rounds = []
+        for round_ in range(repeats):  # interleaved, so a slow spell of the machine hits both alike
+            print(f"round {round_ + 1} of {repeats}: qlit cv with, then without EarlyStopping", file=sys.stderr)
+            rounds.append((cv_seconds_and_accuracy(config, env), cv_seconds_and_accuracy(full, env)))
+    with_es = statistics.median(r[0][0] for r in rounds)
+    without = statistics.median(r[1][0] for r in rounds)
+    print("| run | median wall time (s) | rounds (s) | mean test_acc: " + ", ".join(rounds[0][0][1]) + " |")
+    print("|---|---|---|---|")
+    for label, index, median in (("with EarlyStopping", 0, with_es), ("without (all max_epochs)", 1, without)):
+        times = ", ".join(f"{r[index][0]:.1f}" for r in rounds)
+        accs = ", ".join(f"{v:.3f}" for v in rounds[0][index][1].values())
+        print(f"| `qlit cv`, {label} | {median:.1f} | {times} | {accs} |")
+    print(f"\nSpeed-up from early stopping: {without / with_es:.2f}x")
+    return 0
+
+
 def run_plain(config: Path, epochs: int | None, backend: str, env: dict[str, str]) -> tuple[float, dict]:
     """Wall seconds and results of the plain loop, run as its own process like ``qlit cv``."""
     script = str(Path(__file__).resolve())
@@ -166,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=1, help="rounds of all runs, interleaved; medians are reported")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--early-stopping", action="store_true",
+                        help="instead: qlit cv with the config's EarlyStopping against the same config without it")
     parser.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     config = args.config.resolve()
@@ -179,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     if args.threads is not None:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    if args.early_stopping:
+        return early_stopping_effect(config, args.repeats, env)
     qlit_runs, plain_runs, reference_runs = [], [], []
     # Rounds interleave the three runs, so a slow spell of a shared machine hits all of them alike.
     for round_ in range(1, args.repeats + 1):

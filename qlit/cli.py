@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
 import re
 import sys
+import threading
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -168,6 +170,7 @@ class QlitCLI(LightningCLI):
         # The model builds its own Adam and ReduceLROnPlateau (model.lr, model.lr_factor, ...).
         kwargs.setdefault("auto_configure_optimizers", False)
         inherited_version = os.environ.get(RUN_VERSION_ENV)
+        self._run_files: tuple[Path, set[Path]] | None = None
         try:
             super().__init__(
                 HybridClassifier,
@@ -178,6 +181,9 @@ class QlitCLI(LightningCLI):
                 parser_class=QlitArgumentParser,
                 **kwargs,
             )
+        except BaseException:
+            self._remove_empty_new_files()
+            raise
         finally:
             if inherited_version is None:  # this process claimed it: the next run in it claims its own
                 os.environ.pop(RUN_VERSION_ENV, None)
@@ -285,15 +291,46 @@ class QlitCLI(LightningCLI):
 
     def before_fit(self) -> None:
         preflight(self, "fit")
+        self._note_run_files()
 
     def before_validate(self) -> None:
         preflight(self, "validate")
+        self._note_run_files()
 
     def before_test(self) -> None:
         preflight(self, "test")
+        self._note_run_files()
 
     def before_predict(self) -> None:
         preflight(self, "predict")
+        self._note_run_files()
+
+    def _note_run_files(self) -> None:
+        """Remember the run folder's files, so a command that fails can take back what it left empty."""
+        log_dir = self.trainer.log_dir if self.trainer.is_global_zero else None
+        if log_dir:
+            folder = Path(log_dir)
+            self._run_files = (folder, set(folder.rglob("*")) if folder.is_dir() else set())
+
+    def _remove_empty_new_files(self) -> None:
+        """After a failure (a full disk, say): remove the empty files and folders this command created.
+
+        A config, events file or prediction file that could not be written is left at 0 bytes;
+        checkpoints are written atomically and are never half there. Earlier files are never touched.
+        """
+        if self._run_files is None:
+            return
+        folder, before = self._run_files
+        if not folder.is_dir():
+            return
+        for path in sorted(set(folder.rglob("*")) - before, key=lambda p: len(p.parts), reverse=True):
+            try:
+                if path.is_file() and path.stat().st_size == 0:
+                    path.unlink()
+                elif path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
+            except OSError:
+                pass
 
 
 def _is_cpu_ddp(trainer_config: dict[str, Any]) -> bool:
@@ -344,8 +381,13 @@ def _refuse_multi_process_cv(config: Any) -> None:
 def main(args: list[str] | None = None) -> None:
     """Run the ``qlit`` command line; ``args`` defaults to ``sys.argv[1:]``."""
     levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    # TensorBoard's writer thread dies on a full disk with a traceback of its own; the main thread meets the
+    # same error at the next flush and reports it in one line.
+    threading.excepthook = _quiet_about_full_disk
     # Lightning 2.6's own pytree helper trips torch 2.13's LeafSpec deprecation once per trainer.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Said on every resume; a new fit into a folder with checkpoints is refused before it starts (preflight).
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     if not os.environ.get(DEBUG_ENV):
         # Lightning's INFO lines (seed, GPU/TPU availability, tips) would stand before qlit's own messages.
         for name in QUIET_LOGGERS:
@@ -376,6 +418,11 @@ def main(args: list[str] | None = None) -> None:
             torch.distributed.destroy_process_group()
 
 
+def _quiet_about_full_disk(args: threading.ExceptHookArgs) -> None:
+    if not (isinstance(args.exc_value, OSError) and args.exc_value.errno == errno.ENOSPC):
+        threading.__excepthook__(args)
+
+
 def _user_error(err: BaseException | None) -> QlitError | None:
     """The `QlitError` behind ``err``: jsonargparse wraps errors raised while instantiating classes."""
     seen = set()
@@ -384,6 +431,12 @@ def _user_error(err: BaseException | None) -> QlitError | None:
             return err
         if isinstance(err, MisconfigurationException):  # Lightning's word for a bad trainer setting
             return QlitError(str(err).strip().splitlines()[0])
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            where = f" writing {err.filename}" if err.filename else ""
+            return QlitError(
+                f"no space left on the device{where}: the command stopped; checkpoints already on disk are "
+                "complete (resume with --ckpt_path last once there is room)"
+            )
         if isinstance(err, OSError) and err.filename is not None and err.strerror:
             return QlitError(f"{err.filename}: {err.strerror}")
         if isinstance(err, RuntimeError) and any(sign in str(err) for sign in _PEER_LOST):

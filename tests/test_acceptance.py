@@ -37,4 +37,5 @@ def test_genomic_matches_logistic_regression_on_the_same_fold():
 
 
 def test_null_genotypes_stay_at_chance():
-    assert fit_and_test(CONFIGS / "genomic.yaml", "genomic", "--data.init_args.structure=none") <= 0.30
+    # chance plus three binomial standard deviations of the 200 test rows, sqrt(0.16 / 200)
+    assert fit_and_test(CONFIGS / "genomic.yaml", "genomic", "--data.init_args.structure=none") <= 0.285

@@ -196,7 +196,8 @@ def test_cv_refuses_a_run_without_checkpoints(tmp_path: Path, capsys):
         (IRIS, [], lambda s: s["test_acc_mean"] >= 0.97),
         (GENOMIC, [], lambda s: s["test_acc_mean"] >= s["baselines"]["logistic_regression"]["test_acc_mean"] - 0.03),
         (GENOMIC, ["--data.init_args.structure=none"],
-         lambda s: max(s["test_acc_mean"], *(b["test_acc_mean"] for b in s["baselines"].values())) <= 0.30),
+         # chance (0.2) plus three binomial sd of the mean over 1000 test rows, sqrt(0.16 / 1000)
+         lambda s: max(s["test_acc_mean"], *(b["test_acc_mean"] for b in s["baselines"].values())) <= 0.238),
     ],
     ids=["iris", "genomic", "genomic-null"],
 )

@@ -160,3 +160,36 @@ def test_a_read_only_log_folder_is_one_line(in_tmp_path: Path):
     assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
     assert "lightning_logs/iris" in lines[0] and "ermission denied" in lines[0], lines[0]
     assert [p.name for p in (logs / "iris").iterdir()] == []
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 400 KiB tmpfs mounted at ``tmp_path/disk``: a disk that really fills up."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield disk
+    finally:
+        os.chdir(tmp_path)  # the test's cwd is inside; a busy mount would not unmount
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_empty_files(small_disk: Path, monkeypatch):
+    monkeypatch.chdir(small_disk)
+    subprocess.run(qlit("fit", "--config", IRIS, "--trainer.max_epochs=1"), env=environment(), check=True,
+                   capture_output=True, timeout=120)
+    run_dir = small_disk / "lightning_logs" / "iris" / "version_0"
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    (small_disk / "filler").write_bytes(b"\0" * (free - 2048))
+
+    done = subprocess.run(qlit("fit", "--config", IRIS, "--trainer.max_epochs=3", "--ckpt_path=last"),
+                          env=environment(), capture_output=True, text=True, timeout=120)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-3000:]
+    assert "no space left on the device" in lines[0]
+    after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert after == before, "a file was changed, or a half-written one left behind"

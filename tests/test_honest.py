@@ -88,6 +88,8 @@ def test_last_ckpt_is_the_last_epoch_when_the_best_is_earlier():
     run([*UNSTEADY, "--trainer.max_epochs=10", "--ckpt_path=last"])
     resumed = load_checkpoint(checkpoints / "last.ckpt")
     assert (resumed["epoch"], resumed["global_step"]) == (9, 10 * 4)  # two more epochs, none retrained
+    # the resumed run replaced its best checkpoint instead of adding a best-v1.ckpt beside it
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
 def test_fit_never_scores_the_test_fold(capfd):

@@ -16,7 +16,7 @@ class RunCheckpoint(ModelCheckpoint):
     top-k checkpoint, so once ``val_loss`` stops improving ``last.ckpt`` stays at the best epoch and
     ``--ckpt_path last`` retrains epochs that had already run. Here ``last.ckpt`` is written at the
     end of every training epoch (after its validation), from the same point Lightning writes its own,
-    so resuming from it continues exactly; the best checkpoint is chosen as before.
+    so resuming from it continues exactly; the best checkpoint is chosen as before, after each validation.
 
     Args:
         save_last: Keep ``last.ckpt`` up to date (``True``), or write none.
@@ -24,6 +24,10 @@ class RunCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, save_last: bool | Literal["link"] | None = None, **kwargs: Any) -> None:
+        # Best checkpoints only after validation: a run resumed from an end-of-epoch checkpoint replays that
+        # epoch's end without validating, and Lightning would save a "best-v1.ckpt" without a val_loss there.
+        if kwargs.get("save_on_train_epoch_end") is None:  # the CLI passes every default, None included
+            kwargs["save_on_train_epoch_end"] = False
         super().__init__(save_last=False, **kwargs)
         self.keep_last = bool(save_last)
 
