@@ -37,8 +37,13 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "genomic.yaml"
 
 
-def run_qlit_cv(config: Path, epochs: int | None, env: dict[str, str]) -> float:
-    """Wall seconds of ``python -m qlit cv`` in a scratch folder (its outputs are thrown away)."""
+def cv_seconds_and_accuracy(
+    config: Path, env: dict[str, str], epochs: int | None = None
+) -> tuple[float, dict[str, float]]:
+    """Wall seconds of ``python -m qlit cv`` in a scratch folder, and its mean test accuracy per model.
+
+    The fold lines it printed go to stderr; its other outputs are thrown away with the folder.
+    """
     command = [sys.executable, "-m", "qlit", "cv", "--config", str(config),
                "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
     if epochs is not None:
@@ -47,30 +52,21 @@ def run_qlit_cv(config: Path, epochs: int | None, env: dict[str, str]) -> float:
         start = time.perf_counter()
         done = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True)
         elapsed = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
-        raise SystemExit(f"qlit cv failed with exit status {done.returncode}")
-    summary = [line for line in done.stdout.splitlines() if line.startswith("| hybrid") or "fold " in line]
-    for line in summary:
-        print(f"    {line}", file=sys.stderr)
-    return elapsed
-
-
-def cv_seconds_and_accuracy(config: Path, env: dict[str, str]) -> tuple[float, dict[str, float]]:
-    """Wall seconds of ``python -m qlit cv`` and its summary's mean test accuracies (hybrid and baselines)."""
-    command = [sys.executable, "-m", "qlit", "cv", "--config", str(config),
-               "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
-    with tempfile.TemporaryDirectory(prefix="qlit_e2e_") as scratch:
-        start = time.perf_counter()
-        done = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True)
-        elapsed = time.perf_counter() - start
         if done.returncode != 0:
             sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
             raise SystemExit(f"qlit cv failed with exit status {done.returncode}")
         summary = json.loads(next(Path(scratch).rglob("cv_summary.json")).read_text())
+    for line in done.stdout.splitlines():
+        if line.startswith("qlit cv: fold "):
+            print(f"    {line}", file=sys.stderr)
     means = {"hybrid": summary["test_acc_mean"]}
     means.update({name: b["test_acc_mean"] for name, b in summary["baselines"].items()})
     return elapsed, means
+
+
+def run_qlit_cv(config: Path, epochs: int | None, env: dict[str, str]) -> float:
+    """Wall seconds of ``python -m qlit cv``."""
+    return cv_seconds_and_accuracy(config, env, epochs)[0]
 
 
 def without_early_stopping(config: Path, folder: Path) -> Path:
@@ -85,14 +81,14 @@ def without_early_stopping(config: Path, folder: Path) -> Path:
     return path
 
 
-def early_stopping_effect(config: Path, repeats: int, env: dict[str, str]) -> int:
+def early_stopping_effect(config: Path, repeats: int, env: dict[str, str], epochs: int | None = None) -> int:
     """``--early-stopping``: ``qlit cv`` with the config's EarlyStopping against the same config without it."""
     with tempfile.TemporaryDirectory(prefix="qlit_es_") as scratch:
         full = without_early_stopping(config, Path(scratch))
         rounds = []
         for round_ in range(repeats):  # interleaved, so a slow spell of the machine hits both alike
             print(f"round {round_ + 1} of {repeats}: qlit cv with, then without EarlyStopping", file=sys.stderr)
-            rounds.append((cv_seconds_and_accuracy(config, env), cv_seconds_and_accuracy(full, env)))
+            rounds.append((cv_seconds_and_accuracy(config, env, epochs), cv_seconds_and_accuracy(full, env, epochs)))
     with_es = statistics.median(r[0][0] for r in rounds)
     without = statistics.median(r[1][0] for r in rounds)
     print("| run | median wall time (s) | rounds (s) | mean test_acc: " + ", ".join(rounds[0][0][1]) + " |")
@@ -231,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
     if args.early_stopping:
-        return early_stopping_effect(config, args.repeats, env)
+        return early_stopping_effect(config, args.repeats, env, args.epochs)
     qlit_runs, plain_runs, reference_runs = [], [], []
     # Rounds interleave the three runs, so a slow spell of a shared machine hits all of them alike.
     for round_ in range(1, args.repeats + 1):
