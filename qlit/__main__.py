@@ -1,5 +1,6 @@
 """``python -m qlit`` and the ``qlit`` command, with a clean exit on Ctrl-C while qlit is starting."""
 
+import os
 import signal
 import sys
 
@@ -19,8 +20,11 @@ def run() -> None:
         # Interrupted inside an extension module's import, Python can report a half-imported module
         # (numpy: "module 'numpy._core' has no attribute '_multiarray_umath'") instead of the Ctrl-C.
         if interrupted:
-            print("qlit: interrupted (Ctrl-C) while starting", file=sys.stderr)
-            sys.exit(130)
+            print("qlit: interrupted (Ctrl-C) while starting", file=sys.stderr, flush=True)
+            # Not sys.exit: an interrupt that landed in code an extension ran during its import leaves
+            # CPython marked as interrupted, and its shutdown would then kill the process with SIGINT
+            # (status -2) instead of exiting with 130. Nothing has been written yet, so nothing is lost.
+            os._exit(130)
         raise
     finally:
         signal.signal(signal.SIGINT, previous)
