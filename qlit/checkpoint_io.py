@@ -34,6 +34,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from qlit.errors import QlitError
+from qlit.files import check_regular_file, file_kind
 from qlit.models.circuit import ANSATZES, check_circuit, weight_shape
 from qlit.models.classifier import HybridClassifier
 
@@ -51,34 +52,8 @@ def _unsafe_detail(message: str) -> str:
 
 
 def check_checkpoint_file(path: str | Path) -> Path:
-    """Raise a `QlitError` unless ``path`` is an existing regular file; the file is not opened.
-
-    Only the file's type is read (``stat``), so a named pipe is refused without blocking on it.
-
-    Returns:
-        ``path`` as a `Path`.
-    """
-    path = Path(path)
-    try:
-        mode = path.stat().st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        if path.is_symlink():
-            raise QlitError(f"checkpoint {path} is a link to {os.readlink(path)}, which does not exist") from None
-        raise QlitError(f"checkpoint not found: {path}") from None
-    except PermissionError:
-        raise QlitError(f"cannot read checkpoint {path}: permission denied on a folder of its path") from None
-    except OSError as err:
-        raise QlitError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
-    if stat.S_ISDIR(mode):
-        raise QlitError(f"{path} is a directory, not a checkpoint file")
-    if not stat.S_ISREG(mode):
-        raise QlitError(f"{path} is {_file_kind(mode)}, not a checkpoint file")
-    return path
-
-
-def _file_kind(mode: int) -> str:
-    kinds = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"))
-    return next((name for test, name in kinds if test(mode)), "a block device" if stat.S_ISBLK(mode) else "not a file")
+    """Raise a `QlitError` unless ``path`` is an existing regular file (`qlit.files.check_regular_file`)."""
+    return check_regular_file(path, "checkpoint", "a checkpoint file")
 
 
 def _open_regular(path: Path) -> BinaryIO:
@@ -93,7 +68,7 @@ def _open_regular(path: Path) -> BinaryIO:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise QlitError(f"{path} is {'a directory' if stat.S_ISDIR(mode) else _file_kind(mode)}, not a checkpoint file")
+        raise QlitError(f"{path} is {'a directory' if stat.S_ISDIR(mode) else file_kind(mode)}, not a checkpoint file")
     return os.fdopen(fd, "rb")
 
 
@@ -203,12 +178,14 @@ class SafeCheckpointIO(TorchCheckpointIO):
 _INT_MINIMUMS = {"in_features": 1, "num_classes": 2, "n_qubits": 1, "n_layers": 1, "lr_patience": 0}
 _STRINGS = ("ansatz", "embedding", "backend", "diff_method", "core")
 _NUMBERS = ("lr", "weight_decay", "lr_factor")
-_ARCHITECTURE = ("in_features", "num_classes", "n_qubits", "n_layers", "ansatz", "core")
+ARCHITECTURE = ("in_features", "num_classes", "n_qubits", "n_layers", "ansatz", "core")
 _PREPROCESSING = ("scale_mean", "scale_std", "pca_mean", "pca_components")
 _NOT_RESUMABLE = "so training cannot resume from it (it can still be tested, validated, predicted or loaded)"
 
 
-def check_checkpoint_content(checkpoint: dict[str, Any], path: Path, resume: bool) -> None:
+def check_checkpoint_content(
+    checkpoint: dict[str, Any], path: Path, resume: bool, known_keys_only: bool = True
+) -> None:
     """Raise a `QlitError` unless ``checkpoint`` is a well-formed, finite qlit checkpoint.
 
     Runs before anything is built from the file: its hyperparameters must be plain values that agree
@@ -220,12 +197,14 @@ def check_checkpoint_content(checkpoint: dict[str, Any], path: Path, resume: boo
         checkpoint: As from `load_checkpoint`.
         path: The file, for the message.
         resume: ``qlit fit --ckpt_path``: the training state is needed too.
+        known_keys_only: Refuse hyperparameters `HybridClassifier` does not take, as the CLI would fail on
+            them (`qlit.load_model` ignores them).
 
     Raises:
         QlitError: one line naming ``path`` and what is wrong with it.
     """
     path = Path(path)
-    hparams = check_hyperparameters(checkpoint.get("hyper_parameters"), path, known_keys_only=True)
+    hparams = check_hyperparameters(checkpoint.get("hyper_parameters"), path, known_keys_only=known_keys_only)
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict):
         raise QlitError(f"{path} is not a Lightning checkpoint: it has no state_dict")
@@ -256,7 +235,7 @@ def check_hyperparameters(hparams: Any, path: Path, known_keys_only: bool = Fals
     bad_key = next((key for key in hparams if not isinstance(key, str)), None)
     if bad_key is not None:
         raise QlitError(f"{path}: hyper_parameters has a key {bad_key!r} that is not a name")
-    missing = [key for key in _ARCHITECTURE if key not in hparams]
+    missing = [key for key in ARCHITECTURE if key not in hparams]
     if missing:
         raise QlitError(f"{path}: hyper_parameters lack {', '.join(missing)}, so the model it holds is unknown")
     if known_keys_only:

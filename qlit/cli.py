@@ -32,7 +32,14 @@ from qlit.diagnostics import run_diagnose
 from qlit.errors import QlitError
 from qlit.models import HybridClassifier
 from qlit.preflight import check_resume_overrides, preflight
-from qlit.runs import claim_version, release_if_empty, resolve_checkpoint, tensorboard_loggers, version_of
+from qlit.runs import (
+    claim_version,
+    release_if_empty,
+    resolve_checkpoint,
+    tensorboard_loggers,
+    unused_path,
+    version_of,
+)
 
 DEBUG_ENV = "QLIT_DEBUG"
 THREADS_ENV = "QLIT_NUM_THREADS"
@@ -145,8 +152,6 @@ class QlitSaveConfig(SaveConfigCallback):
     """
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        from qlit.runs import unused_path
-
         if not self.already_saved and trainer.log_dir is not None:
             log_dir = Path(trainer.log_dir)
             stage_name = getattr(stage, "value", stage)  # Lightning passes a TrainerFn enum
@@ -369,7 +374,7 @@ def _refuse_multi_process_cv(config: Any) -> None:
     devices = trainer.get("devices")
     many = "ddp" in strategy or (trainer.get("num_nodes") or 1) > 1
     many = many or (isinstance(devices, int) and devices > 1) or (isinstance(devices, list) and len(devices) > 1)
-    many = many or (isinstance(devices, str) and devices not in ("auto", "1") and devices != "-1" and "," in devices)
+    many = many or (isinstance(devices, str) and "," in devices)
     if many:
         raise QlitError(
             f"qlit cv trains its folds one after another in one process; it cannot run under "

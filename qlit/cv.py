@@ -136,13 +136,10 @@ def claim_cv_folder(save_dir: str | Path, name: str) -> str:
     experiment started together, exactly one gets each folder, and the other moves on to the next
     ``cv_<n>``. Nothing an earlier run wrote is ever reused or overwritten.
     """
-    candidate, n = name, 0
-    while True:
-        folder = Path(save_dir) / candidate
-        if not _taken(folder) and claim_file(folder / "cv_config.yaml"):
+    while True:  # a folder another run claimed first is taken now, so the next try moves on
+        candidate = cv_folder_name(save_dir, name)
+        if claim_file(Path(save_dir) / candidate / "cv_config.yaml"):
             return candidate
-        n += 1
-        candidate = f"{name}/cv_{n}"
 
 
 def interval(values: Sequence[float], clip: bool = True) -> dict[str, Any]:

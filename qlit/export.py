@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from qlit.checkpoint_io import (
+    check_checkpoint_content,
     check_datamodule_state,
     check_hyperparameters,
     check_tensors,
@@ -176,14 +177,11 @@ def _predictor(model: HybridClassifier, dm_state: dict[str, Any], quantized: boo
 
 def _check_lightning_checkpoint(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
     """Raise a `QlitError` unless a checkpoint can build a `Predictor`; returns its data-module state."""
-    hparams = check_hyperparameters(checkpoint["hyper_parameters"], path)
-    check_tensors(checkpoint["state_dict"], path, "weights")
-    check_weight_shapes({k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}, hparams, path)
-    where = next((k for k, v in checkpoint.items() if isinstance(v, dict) and "preprocessing" in v), None)
-    if where is None:
+    check_checkpoint_content(checkpoint, path, resume=False, known_keys_only=False)
+    state = datamodule_state(checkpoint)
+    if state is None:
         raise QlitError(f"{path}: holds no fitted preprocessing (was it saved by a qlit data module?)")
-    check_datamodule_state(checkpoint[where], path, hparams, where)
-    return checkpoint[where]
+    return state
 
 
 def _check_int8_artifact(artifact: dict[str, Any], path: Path) -> dict[str, Any]:

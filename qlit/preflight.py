@@ -12,10 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from qlit.checkpoint_io import ARCHITECTURE, check_optimizer_fits
 from qlit.errors import QlitError
 from qlit.runs import tensorboard_loggers
-
-_ARCHITECTURE = ("in_features", "num_classes", "n_qubits", "n_layers", "ansatz", "core")
 
 
 def preflight(cli: Any, subcommand: str) -> None:
@@ -62,8 +61,6 @@ def check_checkpoint_fits(checkpoint: dict[str, Any], path: Path, model: Any, da
     if problem is not None:
         raise QlitError(f"{path} was trained with a different architecture{_hparam_diff(checkpoint, model)}: {problem}")
     if subcommand == "fit":
-        from qlit.checkpoint_io import check_optimizer_fits
-
         check_optimizer_fits(checkpoint, path, model)
     if datamodule is None:
         return
@@ -141,7 +138,7 @@ def _hparam_diff(checkpoint: dict[str, Any], model: Any) -> str:
     current = getattr(model, "hparams", {})
     diffs = [
         f"{key}={saved[key]!r} there, {current[key]!r} here"
-        for key in _ARCHITECTURE
+        for key in ARCHITECTURE
         if key in saved and key in current and saved[key] != current[key]
     ]
     return f" ({'; '.join(diffs)})" if diffs else ""

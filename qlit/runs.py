@@ -150,6 +150,4 @@ def _make_parents(folder: Path) -> list[Path]:
             path.mkdir(exist_ok=True)
         except OSError as err:
             raise QlitError(f"cannot create {path}: {err.strerror}") from None
-    if not os.access(folder, os.W_OK):
-        raise QlitError(f"cannot write into {folder}: permission denied")
     return list(reversed(missing))

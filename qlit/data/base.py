@@ -7,7 +7,6 @@ import csv
 import hashlib
 import io
 import math
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from torch.utils.data import TensorDataset
 from qlit.data.preprocessing import Preprocessor
 from qlit.data.sampling import EpochShuffleSampler, ResumableDataLoader, TensorLoader
 from qlit.errors import QlitError
+from qlit.files import check_regular_file
 
 
 def read_csv_table(path: str | Path, what: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -92,15 +92,7 @@ def read_csv_table(path: str | Path, what: str) -> tuple[list[str], list[tuple[i
 
 def _read_regular_file(path: Path, what: str) -> bytes:
     """The bytes of ``path``, refusing anything but a regular file (opening a FIFO would wait forever)."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise QlitError(f"{what} not found: {path}") from None
-    if stat.S_ISDIR(mode):
-        raise QlitError(f"{what} {path} is a directory, not a CSV file")
-    if not stat.S_ISREG(mode):
-        raise QlitError(f"{what} {path} is not a regular file (a FIFO, socket or device?); give a CSV file")
-    return path.read_bytes()
+    return check_regular_file(path, what, "a regular file: give a CSV file").read_bytes()
 
 
 def check_seed(name: str, value: Any) -> None:

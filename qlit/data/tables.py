@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from qlit.errors import QlitError
+from qlit.files import check_regular_file
 
 TEXT_SUFFIXES = {".csv": ",", ".tsv": "\t", ".csv.gz": ",", ".tsv.gz": "\t"}
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -125,10 +126,9 @@ def read_table(path: str | Path, what: str = "data file") -> Table:
     path = Path(path)
     lower = path.name.lower()
     suffix = next((s for s in (*TEXT_SUFFIXES, *PARQUET_SUFFIXES) if lower.endswith(s)), None)
-    if not path.is_file():
-        if ":" in name and not path.parent.exists():
-            raise QlitError(f"{what} not found: {path} (built-in tables are {', '.join(BUILTIN)})")
-        raise QlitError(f"{what} not found: {path}")
+    if ":" in name and not path.exists() and not path.parent.exists():
+        raise QlitError(f"{what} not found: {path} (built-in tables are {', '.join(BUILTIN)})")
+    check_regular_file(path, what, "a regular file: give a .csv, .tsv or .parquet file")
     if suffix is None:
         raise QlitError(f"{path}: unknown kind of table; use a .csv, .tsv or .parquet file")
     if suffix in PARQUET_SUFFIXES:
