@@ -24,15 +24,14 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from qlit import callbacks, data  # noqa: F401  (imported so configs can name their classes briefly)
 from qlit.callbacks import PredictionWriter, RunSummary
 from qlit.callbacks.safety import GracefulStop, NonFiniteGuard, TrainingInterrupted
-from qlit.checkpoint_io import SafeCheckpointIO, check_checkpoint_content, load_checkpoint
-from qlit.config_files import check_config_files
-from qlit.cv import cross_validate
 from qlit.data import KFoldDataModule
-from qlit.diagnostics import run_diagnose
 from qlit.errors import QlitError
-from qlit.models import HybridClassifier
-from qlit.preflight import check_resume_overrides, preflight
-from qlit.runs import (
+from qlit.evaluation.cv import cross_validate
+from qlit.evaluation.diagnostics import run_diagnose
+from qlit.io.checkpoints import SafeCheckpointIO, check_checkpoint_content, load_checkpoint
+from qlit.io.config_files import check_config_files
+from qlit.io.preflight import check_resume_overrides, preflight
+from qlit.io.runs import (
     claim_version,
     release_if_empty,
     resolve_checkpoint,
@@ -40,6 +39,7 @@ from qlit.runs import (
     unused_path,
     version_of,
 )
+from qlit.models import HybridClassifier
 
 DEBUG_ENV = "QLIT_DEBUG"
 THREADS_ENV = "QLIT_NUM_THREADS"
@@ -216,7 +216,7 @@ class QlitCLI(LightningCLI):
         self, model: Any, datamodule: Any = None, qubits: list[int] | None = None,
         layers: list[int] | None = None, samples: int = 200,
     ) -> None:
-        """Run ``qlit diagnose``: `qlit.diagnostics` over widths and depths around the model's circuit."""
+        """Run ``qlit diagnose``: `qlit.evaluation.diagnostics` over widths and depths around the model's circuit."""
         run_diagnose(self.config["diagnose"], model.hparams, qubits, layers, samples)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:

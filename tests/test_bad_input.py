@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 import torch
 
-from qlit.checkpoint_io import load_checkpoint
 from qlit.cli import main
 from qlit.errors import QlitError
+from qlit.io.checkpoints import load_checkpoint
 from tests.conftest import CONFIGS, QUICK
 
 IRIS = str(CONFIGS / "iris.yaml")

@@ -26,11 +26,11 @@ import pytest
 import torch
 
 from qlit import load_model
-from qlit.checkpoint_io import expected_weight_shapes, load_checkpoint
 from qlit.cli import main
 from qlit.data import IrisDataModule
 from qlit.errors import QlitError
 from qlit.export import classifier_from_checkpoint
+from qlit.io.checkpoints import expected_weight_shapes, load_checkpoint
 from qlit.models import HybridClassifier
 from tests.conftest import CONFIGS, QUICK, REPO
 

@@ -19,8 +19,8 @@ from sklearn.metrics import confusion_matrix
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from qlit.cli import QlitCLI, main
-from qlit.cv import cv_folder_name
 from qlit.data import IrisDataModule, SNPDataModule
+from qlit.evaluation.cv import cv_folder_name
 from qlit.models import HybridClassifier
 from tests.conftest import CONFIGS, QUICK
 

@@ -13,9 +13,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from qlit import diagnostics, plots
 from qlit.cli import main
 from qlit.errors import QlitError
+from qlit.evaluation import diagnostics, plots
 from qlit.models.circuit import pennylane_circuit
 from tests.conftest import CONFIGS, QUICK
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from qlit.checkpoint_io import load_checkpoint
 from qlit.cli import main
+from qlit.io.checkpoints import load_checkpoint
 from tests.conftest import CONFIGS, QUICK
 
 IRIS = str(CONFIGS / "iris.yaml")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from qlit.checkpoint_io import load_checkpoint
 from qlit.cli import main
+from qlit.io.checkpoints import load_checkpoint
 from tests.conftest import CONFIGS, QUICK, one_line_error
 
 IRIS = str(CONFIGS / "iris.yaml")

@@ -17,8 +17,7 @@ from torch import nn
 
 from qlit.callbacks import Int8Quantization
 from qlit.data import IrisDataModule
-from qlit.models import HybridClassifier, HybridNet
-from qlit.quantize import (
+from qlit.export.quantize import (
     Int8Linear,
     float_linear_bytes,
     int8_linear_bytes,
@@ -26,6 +25,7 @@ from qlit.quantize import (
     swap_modules,
     torchao_quantize,
 )
+from qlit.models import HybridClassifier, HybridNet
 
 SCALARS = ("float_val_acc", "int8_val_acc", "float_linear_bytes", "int8_linear_bytes")  # never the test fold
 

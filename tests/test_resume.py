@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from qlit.checkpoint_io import load_checkpoint
 from qlit.cli import main
+from qlit.io.checkpoints import load_checkpoint
 from tests.conftest import CONFIGS, QUICK
 
 EPOCHS = 6  # Iris setosa/versicolor: 64 training rows, batch 16 -> 4 steps per epoch

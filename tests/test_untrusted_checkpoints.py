@@ -17,10 +17,10 @@ import pytest
 import torch
 
 import qlit
-from qlit.checkpoint_io import SafeCheckpointIO, load_checkpoint
 from qlit.cli import main
 from qlit.data import IrisDataModule
 from qlit.errors import QlitError
+from qlit.io.checkpoints import SafeCheckpointIO, load_checkpoint
 from qlit.models import HybridClassifier
 from tests.conftest import CONFIGS, QUICK
 

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from qlit.runs import unused_path
+from qlit.io.runs import unused_path
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -10,15 +10,15 @@ import torch
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
 
-from qlit.checkpoint_io import atomic_save, load_checkpoint
 from qlit.export import (
     classifier_from_checkpoint,
     classifier_from_int8,
     int8_artifact,
 )
+from qlit.export.quantize import METHOD, float_linear_bytes, int8_linear_bytes
+from qlit.io.checkpoints import atomic_save, load_checkpoint
+from qlit.io.runs import unused_path
 from qlit.models.classifier import HybridClassifier
-from qlit.quantize import METHOD, float_linear_bytes, int8_linear_bytes
-from qlit.runs import unused_path
 
 
 def accuracy(model: HybridClassifier, loader: DataLoader) -> float:
@@ -40,7 +40,7 @@ class Int8Quantization(L.Callback):
     When ``fit`` ends, the best checkpoint (of the trainer's ``ModelCheckpoint``; the final
     weights if there is none) is rebuilt into a new model: the model that was trained is never
     touched, so later ``trainer.test(ckpt_path=...)`` or resumed fits are unaffected. Its
-    ``nn.Linear`` layers are quantized with torchao (see `qlit.quantize`), the circuit weights stay
+    ``nn.Linear`` layers are quantized with torchao (see `qlit.export.quantize`), the circuit weights stay
     float. Float and INT8 are compared on the **validation** split, never the test fold, so that
     comparing fits by eye does not tune on the test set: ``float_val_acc``, ``int8_val_acc``,
     ``float_linear_bytes`` and ``int8_linear_bytes`` go to the loggers (TensorBoard) and the

@@ -25,7 +25,7 @@ class QuantumMonitor(L.Callback):
       between circuits of different sizes.
 
     Both follow one training run and shrink as it converges. Neither is the barren-plateau signal, which is
-    the variance of each gradient entry over random initialisations: `qlit.diagnostics` computes that.
+    the variance of each gradient entry over random initialisations: `qlit.evaluation.diagnostics` computes that.
     Models without a quantum layer (the classical twin) are left alone.
     """
 

@@ -19,7 +19,7 @@ from torch.utils.data import TensorDataset
 from qlit.data.preprocessing import Preprocessor
 from qlit.data.sampling import EpochShuffleSampler, ResumableDataLoader, TensorLoader
 from qlit.errors import QlitError
-from qlit.files import check_regular_file
+from qlit.io.files import check_regular_file
 
 
 def read_csv_table(path: str | Path, what: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -321,6 +321,28 @@ class KFoldDataModule(L.LightningDataModule):
             self.predict_ids = [str(i) for i in self.indices["test"]]
             return self._loader(TensorDataset(self._dataset("test").tensors[0]))
         return self._loader(TensorDataset(self.preprocessor.transform(self._predict_x)))
+
+    def features(self, split: str) -> np.ndarray:
+        """The preprocessed features of one split's rows (``train``, ``val`` or ``test``), as float32.
+
+        What the model sees; the classical baselines of ``qlit cv`` are fit and scored on the same arrays.
+        """
+        return self._dataset(split).tensors[0].numpy()
+
+    def labels(self, split: str) -> np.ndarray:
+        """The class indices of one split's rows."""
+        return np.asarray(self.y[self.indices[split]])
+
+    def pca_scores(self) -> np.ndarray | None:
+        """Every row on the fold's first two principal components, or ``None`` without a PCA step.
+
+        For the cv report's scatter plot: the PCA is fit on the fold's training rows only.
+        """
+        state = self.preprocessor.state
+        if "pca_components" not in state or state["pca_components"].shape[0] < 2:
+            return None
+        x = torch.as_tensor(np.asarray(self.x, dtype=np.float64))
+        return ((x - state["pca_mean"]) @ state["pca_components"][:2].T).numpy()
 
     def describe_source(self) -> dict[str, Any]:
         """Primitive values that name the data this module reads, for messages (e.g. a file path).

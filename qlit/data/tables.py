@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from qlit.errors import QlitError
-from qlit.files import check_regular_file
+from qlit.io.files import check_regular_file
 
 TEXT_SUFFIXES = {".csv": ",", ".tsv": "\t", ".csv.gz": ",", ".tsv.gz": "\t"}
 PARQUET_SUFFIXES = (".parquet", ".pq")

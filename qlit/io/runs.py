@@ -51,7 +51,7 @@ def resolve_checkpoint(ckpt_path: str, experiment_dir: str | Path | None, versio
             where = Path(experiment_dir) / (version or "version_*")
             raise QlitError(f"no best.ckpt of a 'qlit fit' run under {where}; train with 'qlit fit' first")
         return found
-    from qlit.checkpoint_io import check_checkpoint_file  # torch is imported only when a file is named
+    from qlit.io.checkpoints import check_checkpoint_file  # torch is imported only when a file is named
 
     return check_checkpoint_file(ckpt_path)
 

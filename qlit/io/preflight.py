@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qlit.checkpoint_io import ARCHITECTURE, check_optimizer_fits
 from qlit.errors import QlitError
-from qlit.runs import tensorboard_loggers
+from qlit.io.checkpoints import ARCHITECTURE, check_optimizer_fits
+from qlit.io.runs import tensorboard_loggers
 
 
 def preflight(cli: Any, subcommand: str) -> None:

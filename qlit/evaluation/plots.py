@@ -104,7 +104,7 @@ def fold_bars_figure(
 def barren_plateau_figure(records: Sequence[dict]) -> Figure:
     """Gradient variance against ``n_qubits``, log scale, one line per depth; ``uniform`` solid, ``model`` dashed.
 
-    Takes the records of `qlit.diagnostics.barren_plateau_sweep`; a grey dotted line shows ``2^-n`` through the
+    Takes the records of `qlit.evaluation.diagnostics.barren_plateau_sweep`; a grey dotted line shows ``2^-n`` through the
     first ``uniform`` line's first point, the decay of an exponential barren plateau.
     """
     fig = _figure(6.0, 4.2)

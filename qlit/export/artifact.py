@@ -14,7 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from qlit.checkpoint_io import (
+from qlit.data.preprocessing import Preprocessor
+from qlit.errors import QlitError
+from qlit.export.quantize import METHOD, int8_layers_from_state, int8_state, quantize_linears, swap_modules
+from qlit.io.checkpoints import (
     check_checkpoint_content,
     check_datamodule_state,
     check_hyperparameters,
@@ -22,10 +25,7 @@ from qlit.checkpoint_io import (
     check_weight_shapes,
     load_checkpoint,
 )
-from qlit.data.preprocessing import Preprocessor
-from qlit.errors import QlitError
 from qlit.models.classifier import HybridClassifier
-from qlit.quantize import METHOD, int8_layers_from_state, int8_state, quantize_linears, swap_modules
 
 INT8_FORMAT = "qlit-int8"
 INT8_FORMAT_VERSION = 1
@@ -70,7 +70,7 @@ def int8_artifact(checkpoint: dict[str, Any]) -> dict[str, Any]:
     INT8 matrix and scale.
 
     Args:
-        checkpoint: A Lightning checkpoint of a `HybridClassifier` (as from `qlit.checkpoint_io.load_checkpoint`).
+        checkpoint: A Lightning checkpoint of a `HybridClassifier` (as from `qlit.io.checkpoints.load_checkpoint`).
     """
     model = classifier_from_checkpoint(checkpoint)
     layers = {f"net.{name}": layer for name, layer in quantize_linears(model.net).items()}

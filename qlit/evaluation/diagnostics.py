@@ -216,7 +216,7 @@ def write_barren_plateau_report(records: Sequence[dict[str, Any]], folder: str |
     Returns:
         The three paths, under the keys ``"json"``, ``"md"`` and ``"png"``.
     """
-    from qlit import plots
+    from qlit.evaluation import plots
 
     folder = Path(folder)
     paths = {kind: folder / f"barren_plateau.{kind}" for kind in ("json", "md", "png")}
@@ -238,7 +238,7 @@ def log_barren_plateau(records: Sequence[dict[str, Any]], writer, tag: str = "ba
     (TensorBoard then draws variance against width), its log10 beside it, the figure as an image and the
     table as text.
     """
-    from qlit import plots
+    from qlit.evaluation import plots
 
     for (init, layers), line in _lines(records).items():
         for record in line:
@@ -276,8 +276,8 @@ def run_diagnose(
     """
     from torch.utils.tensorboard import SummaryWriter
 
+    from qlit.io.runs import claim_version, release_if_empty, tensorboard_loggers
     from qlit.models.circuit import check_circuit
-    from qlit.runs import claim_version, release_if_empty, tensorboard_loggers
 
     widths = list(qubits) if qubits else default_widths(int(hparams["n_qubits"]))
     depths = list(layers) if layers else default_depths(int(hparams["n_layers"]))

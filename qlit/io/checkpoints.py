@@ -34,7 +34,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from qlit.errors import QlitError
-from qlit.files import check_regular_file, file_kind
+from qlit.io.files import check_regular_file, file_kind
 from qlit.models.circuit import ANSATZES, check_circuit, weight_shape
 from qlit.models.classifier import HybridClassifier
 
@@ -52,7 +52,7 @@ def _unsafe_detail(message: str) -> str:
 
 
 def check_checkpoint_file(path: str | Path) -> Path:
-    """Raise a `QlitError` unless ``path`` is an existing regular file (`qlit.files.check_regular_file`)."""
+    """Raise a `QlitError` unless ``path`` is an existing regular file (`qlit.io.files.check_regular_file`)."""
     return check_regular_file(path, "checkpoint", "a checkpoint file")
 
 

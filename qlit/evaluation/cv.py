@@ -41,10 +41,10 @@ from scipy import stats
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix, log_loss
 
-from qlit import plots
 from qlit.callbacks.summary import RunSummary
 from qlit.errors import QlitError
-from qlit.runs import claim_file, tensorboard_loggers, unused_path
+from qlit.evaluation import plots
+from qlit.io.runs import claim_file, tensorboard_loggers, unused_path
 
 METRIC = "test_acc"
 BASELINES = {

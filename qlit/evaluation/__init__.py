@@ -1,0 +1,1 @@
+"""Evaluating configs: cross-validation, its statistics and report, and the circuit diagnostics."""
