@@ -17,6 +17,7 @@ pay for interpreter start-up and imports:
 
     python benchmarks/end_to_end.py                 # full config (120 epochs: tens of minutes)
     python benchmarks/end_to_end.py --epochs 10     # both sides shortened equally
+    python benchmarks/end_to_end.py --workers 2     # adds `qlit cv --workers 2` (folds on a local Ray)
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ DEFAULT_CONFIG = REPO / "configs" / "genomic.yaml"
 
 
 def cv_seconds_and_accuracy(
-    config: Path, env: dict[str, str], epochs: int | None = None
+    config: Path, env: dict[str, str], epochs: int | None = None, extra: tuple[str, ...] = ()
 ) -> tuple[float, dict[str, float]]:
     """Wall seconds of ``python -m qlit cv`` in a scratch folder, and its mean test accuracy per model.
 
@@ -48,6 +49,7 @@ def cv_seconds_and_accuracy(
                "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
     if epochs is not None:
         command.append(f"--trainer.max_epochs={epochs}")
+    command += extra
     with tempfile.TemporaryDirectory(prefix="qlit_e2e_") as scratch:
         start = time.perf_counter()
         done = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True)
@@ -64,9 +66,10 @@ def cv_seconds_and_accuracy(
     return elapsed, means
 
 
-def run_qlit_cv(config: Path, epochs: int | None, env: dict[str, str]) -> float:
-    """Wall seconds of ``python -m qlit cv``."""
-    return cv_seconds_and_accuracy(config, env, epochs)[0]
+def run_qlit_cv(config: Path, epochs: int | None, env: dict[str, str], workers: int | None = None) -> float:
+    """Wall seconds of ``python -m qlit cv`` (with ``--workers``: its folds on a local Ray, Ray's start included)."""
+    extra = (f"--workers={workers}",) if workers else ()
+    return cv_seconds_and_accuracy(config, env, epochs, extra)[0]
 
 
 def without_early_stopping(config: Path, folder: Path) -> Path:
@@ -155,7 +158,7 @@ def plain_cross_validation(config_path: Path, epochs: int | None, backend: str) 
         binary = data.num_classes == 2
         net = HybridNet(
             data.num_features, data.num_classes, model_args["n_qubits"], model_args["n_layers"], model_args["ansatz"],
-            model_args["embedding"], backend, model_args.get("diff_method", "backprop"), core,
+            model_args["embedding"], backend, model_args.get("diff_method", "backprop"), core=core,
         )
         optimizer = torch.optim.Adam(
             net.parameters(), lr=model_args["lr"], weight_decay=model_args.get("weight_decay", 0.0)
@@ -213,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--early-stopping", action="store_true",
                         help="instead: qlit cv with the config's EarlyStopping against the same config without it")
+    parser.add_argument("--all-epochs", action="store_true",
+                        help="drop the config's EarlyStopping: qlit cv trains every max_epochs, as the plain loop")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="also run `qlit cv --workers N` (parallel folds on Ray) in every round")
     parser.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     config = args.config.resolve()
@@ -228,7 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
     if args.early_stopping:
         return early_stopping_effect(config, args.repeats, env, args.epochs)
-    qlit_runs, plain_runs, reference_runs = [], [], []
+    if args.all_epochs:
+        scratch = tempfile.TemporaryDirectory(prefix="qlit_all_epochs_")
+        config = without_early_stopping(config, Path(scratch.name))
+    qlit_runs, parallel_runs, plain_runs, reference_runs = [], [], [], []
     # Rounds interleave the three runs, so a slow spell of a shared machine hits all of them alike.
     for round_ in range(1, args.repeats + 1):
         label = f" (round {round_} of {args.repeats})" if args.repeats > 1 else ""
@@ -236,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         qlit_runs.append(run_qlit_cv(config, args.epochs, env))
         print(f"  {qlit_runs[-1]:.1f} s", file=sys.stderr)
+        if args.workers:
+            print(f"qlit cv --workers {args.workers}{label}", file=sys.stderr)
+            parallel_runs.append(run_qlit_cv(config, args.epochs, env, args.workers))
+            print(f"  {parallel_runs[-1]:.1f} s", file=sys.stderr)
         print(f"plain PyTorch loop with a {args.backend} TorchLayer{label}", file=sys.stderr)
         plain_seconds, accuracies = run_plain(config, args.epochs, args.backend, env)
         plain_runs.append(plain_seconds)
@@ -250,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     reference_seconds = statistics.median(reference_runs)
     result = {
         "config": str(config.relative_to(REPO) if config.is_relative_to(REPO) else config),
+        "all_epochs": args.all_epochs,
         "epochs": args.epochs,
         "threads": env.get("OMP_NUM_THREADS", "torch default"),
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
@@ -261,6 +276,13 @@ def main(argv: list[str] | None = None) -> int:
         "speedup": plain_seconds / qlit_seconds,
         "speedup_per_round": [p / q for p, q in zip(plain_runs, qlit_runs)],
         "runs": {"qlit_cv": qlit_runs, "plain": plain_runs, "plain_qlit": reference_runs},
+        **({
+            "workers": args.workers,
+            "qlit_cv_parallel_seconds": statistics.median(parallel_runs),
+            "parallel_speedup_over_serial": qlit_seconds / statistics.median(parallel_runs),
+            "parallel_speedup_over_plain": plain_seconds / statistics.median(parallel_runs),
+            "parallel_runs": parallel_runs,
+        } if args.workers else {}),
         "plain_mean_test_acc": accuracies,
     }
     if args.json:
@@ -269,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     what = "median wall time (s)" if args.repeats > 1 else "wall time (s)"
     print(f"| run | {what} |\n|---|---|")
     print(f"| `qlit cv` (backend from the config) | {qlit_seconds:.1f}{_each(qlit_runs)} |")
+    if args.workers:
+        parallel = result["qlit_cv_parallel_seconds"]
+        print(f"| `qlit cv --workers {args.workers}` (Ray) | {parallel:.1f}{_each(parallel_runs)} |")
     print(f"| plain loop, `{args.backend}` TorchLayer | {plain_seconds:.1f}{_each(plain_runs)} |")
     print(f"| plain loop, `qlit` backend (reference) | {reference_seconds:.1f}{_each(reference_runs)} |")
     print()
@@ -276,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Speed-up of qlit cv over the plain {args.backend} loop: {result['speedup']:.2f}x (target >= 3x)"
           + (f"; per round: {per_round}." if args.repeats > 1 else "."))
     print(f"Speed-up of the plain loop from the qlit backend alone: {plain_seconds / reference_seconds:.2f}x.")
+    if args.workers:
+        print(f"qlit cv --workers {args.workers}: {result['parallel_speedup_over_serial']:.2f}x over serial qlit cv "
+              f"(target >= 1.7x), {result['parallel_speedup_over_plain']:.2f}x over the plain loop (target >= 5x).")
     print("Plain loop mean test accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in accuracies.items()))
     return 0
 

@@ -8,7 +8,14 @@ circuit (``n`` qubits, 2 layers) → ``Linear(n, 1)``, binary cross-entropy on r
   through one simulation, PennyLane's fastest option at these sizes);
 * ``lightning.qubit``: PennyLane Lightning, ``diff_method="adjoint"`` (one tape per sample);
 * ``floor``: the classical twin (``Linear(n, n)`` + tanh in place of the circuit), the cost of
-  everything but the circuit.
+  everything but the circuit;
+* hardware conditions (``--noise`` depolarizing probability, ``--shots``): ``qlit-noise`` (qlit's
+  density-matrix path, exact gradients) beside ``default.mixed-noise`` (the same channels,
+  ``backprop``); ``qlit-shots`` (sampled ⟨Z⟩, parameter-shift on sampled shifted circuits) beside
+  ``default.qubit-shots`` (``qml.set_shots``, ``parameter-shift``, the only method PennyLane has for
+  shots here); ``qlit-shots-exact`` is qlit's simulation-only shortcut (sampled values, exact gradients);
+* ``qlit-before``: the statevector module of ``--before PATH`` (a copy of an older
+  ``qlit/models/statevector.py``) in the same network, to show a change costs the existing paths nothing.
 
 All backends of one size are timed interleaved in one process (step 1 of each, then step 2 of
 each, ...), so a busy machine slows them alike, and each reports the median of its steps. Slow
@@ -19,11 +26,14 @@ backends get fewer steps: each stops after ``--budget`` seconds of steps once it
     python benchmarks/quantum_layer.py            # full run
     python benchmarks/quantum_layer.py --quick    # fewer repeats (a few minutes)
     python benchmarks/quantum_layer.py --json     # {"rows": [{"backend", "n_qubits", "batch", "ms_per_step"}, ...]}
+    python benchmarks/quantum_layer.py --sizes 4x800 \
+        --backends qlit,qlit-noise,default.mixed-noise,qlit-shots,default.qubit-shots,floor
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -42,21 +52,51 @@ import torch
 from qlit.models import HybridNet
 
 BACKENDS = ("qlit", "default.qubit", "lightning.qubit", "floor")
-DIFF_METHODS = {"default.qubit": "backprop", "lightning.qubit": "adjoint", "qlit": "backprop"}
+CONDITIONS = ("qlit-noise", "default.mixed-noise", "qlit-shots", "qlit-shots-exact", "default.qubit-shots")
+EXTRA = (*CONDITIONS, "qlit-before")
+DIFF_METHODS = {
+    "default.qubit": "backprop", "lightning.qubit": "adjoint", "qlit": "backprop", "default.mixed-noise": "backprop",
+    "default.qubit-shots": "parameter-shift",
+}
 SIZES = ((4, 16), (4, 128), (4, 800), (4, 8192), (8, 256), (12, 256))
 PENNYLANE = ("default.qubit", "lightning.qubit")
+SLOW = (*PENNYLANE, "default.mixed-noise", "default.qubit-shots")
+
+
+def circuit_options(backend: str, args: argparse.Namespace) -> dict:
+    """The simulator and hardware conditions a benchmark backend name stands for."""
+    device = backend.split("-")[0] if backend != "floor" and not backend.startswith("qlit") else "qlit"
+    options = {"backend": device, "diff_method": DIFF_METHODS.get(backend, "backprop")}
+    if backend.endswith("-noise"):
+        options["noise"] = {"depolarizing": args.noise}
+    if "-shots" in backend:
+        options["shots"] = args.shots
+        options["shot_gradient"] = "exact" if backend.endswith("-exact") else "parameter-shift"
+    return options
+
+
+def _statevector_module(path: str):
+    spec = importlib.util.spec_from_file_location("qlit_statevector_before", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class Runner:
     """One backend at one size: a network, an optimiser, a fixed batch and the step times so far."""
 
-    def __init__(self, backend: str, n_qubits: int, batch: int, n_layers: int, ansatz: str, device: torch.device) -> None:
+    def __init__(self, backend: str, n_qubits: int, batch: int, args: argparse.Namespace, device: torch.device) -> None:
         torch.manual_seed(0)
         core = "classical" if backend == "floor" else "quantum"
         self.net = HybridNet(
-            n_qubits, 2, n_qubits=n_qubits, n_layers=n_layers, ansatz=ansatz,
-            backend="qlit" if backend == "floor" else backend, diff_method=DIFF_METHODS.get(backend, "backprop"), core=core,
-        ).to(device)
+            n_qubits, 2, n_qubits=n_qubits, n_layers=args.layers, ansatz=args.ansatz, core=core,
+            **circuit_options(backend, args),
+        )
+        if backend == "qlit-before":
+            before = _statevector_module(args.before).StatevectorCircuit(n_qubits, args.layers, args.ansatz, "X")
+            before.load_state_dict(self.net.core.circuit.state_dict())
+            self.net.core.circuit = before
+        self.net = self.net.to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=0.01)
         generator = torch.Generator().manual_seed(1)
         self.x = torch.randn(batch, n_qubits, generator=generator).to(device)
@@ -81,10 +121,10 @@ class Runner:
 
 def time_size(backends, n_qubits, batch, args, device) -> dict[str, tuple[float, int]]:
     """Median ms per step and number of timed steps for each backend at one size, interleaved."""
-    runners = {name: Runner(name, n_qubits, batch, args.layers, args.ansatz, device) for name in backends}
+    runners = {name: Runner(name, n_qubits, batch, args, device) for name in backends}
     slow = 10 * args.budget
     for name, runner in runners.items():  # warm-up: first calls build devices, caches, workspaces
-        for _ in range(1 if name in PENNYLANE else 3):
+        for _ in range(1 if name in SLOW else 3):
             elapsed = runner.step()
         if elapsed > slow:  # start-up cost is noise next to a step this long: keep it as a measurement
             runner.times.append(elapsed)
@@ -115,6 +155,16 @@ def targets(rows: list[dict]) -> list[dict]:
     floor = ms.get(("floor", 4, 800))
     ratio = qlit / floor if qlit and floor else None
     add("4 qubits, batch 800: qlit / floor", ratio, "<= 3x", None if ratio is None else ratio <= 3)
+    for slow, fast, factor in (("default.mixed-noise", "qlit-noise", 10), ("default.qubit-shots", "qlit-shots", None)):
+        other, ours = ms.get((slow, 4, 800)), ms.get((fast, 4, 800))
+        ratio = other / ours if other and ours else None
+        goal = f">= {factor}x" if factor else "report"
+        met = None if ratio is None or not factor else ratio >= factor
+        add(f"4 qubits, batch 800: {slow} / {fast}", ratio, goal, met)
+    for noisy in ("qlit-noise", "qlit-shots", "qlit-shots-exact", "qlit-before"):
+        other = ms.get((noisy, 4, 800))
+        ratio = other / qlit if qlit and other else None
+        add(f"4 qubits, batch 800: {noisy} / qlit", ratio, "~1x" if noisy == "qlit-before" else "report", None)
     qlit12 = ms.get(("qlit", 12, 256))
     pennylane = [ms[(b, 12, 256)] for b in PENNYLANE if (b, 12, 256) in ms]
     ratio = min(pennylane) / qlit12 if qlit12 and pennylane else None
@@ -150,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help='print {"rows": [...]} instead of a table')
     parser.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated subset of {','.join(BACKENDS)}")
     parser.add_argument("--sizes", default=None, help="comma-separated QUBITSxBATCH, e.g. 4x800,12x256 (default: all)")
-    parser.add_argument("--ansatz", default="basic", choices=["basic", "strong"])
+    parser.add_argument("--ansatz", default="basic", choices=["basic", "strong", "reupload"])
+    parser.add_argument("--noise", type=float, default=0.01, help="depolarizing probability of the -noise backends")
+    parser.add_argument("--shots", type=int, default=1000, help="shots of the -shots backends")
+    parser.add_argument("--before", default=None, help="an older statevector.py for the qlit-before backend")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="torch device for qlit, default.qubit and floor (lightning.qubit: cpu only)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: every core)")
@@ -167,9 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     args.budget = args.budget if args.budget is not None else (1.0 if args.quick else 6.0)
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = sorted(set(backends) - set(BACKENDS))
+    unknown = sorted(set(backends) - set(BACKENDS) - set(EXTRA))
     if unknown:
-        parser.error(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+        parser.error(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS + EXTRA)}")
+    if "qlit-before" in backends and not args.before:
+        parser.error("qlit-before needs --before PATH (a copy of an older qlit/models/statevector.py)")
     sizes = SIZES if args.sizes is None else [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
     device = torch.device(args.device)
     if device.type != "cpu" and "lightning.qubit" in backends:

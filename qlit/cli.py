@@ -12,7 +12,7 @@ import threading
 import warnings
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -26,8 +26,10 @@ from qlit.callbacks import PredictionWriter, RunSummary
 from qlit.callbacks.safety import GracefulStop, NonFiniteGuard, TrainingInterrupted
 from qlit.data import KFoldDataModule
 from qlit.errors import QlitError
-from qlit.evaluation.cv import cross_validate
+from qlit.evaluation.cv import CVOptions, cross_validate
 from qlit.evaluation.diagnostics import run_diagnose
+from qlit.evaluation.robustness import DEFAULT_LEVELS, DEFAULT_SHOTS, run_robustness
+from qlit.evaluation.tune import TuneOptions, run_tune
 from qlit.io.checkpoints import SafeCheckpointIO, check_checkpoint_content, load_checkpoint
 from qlit.io.config_files import check_config_files
 from qlit.io.preflight import check_resume_overrides, preflight
@@ -79,14 +81,71 @@ class QlitTrainer(L.Trainer):
     test = _short_doc(L.Trainer.test, "Score a checkpoint on its held-out test fold.")
     predict = _short_doc(L.Trainer.predict, "Predict the test fold or a new file (--data.predict_file).")
 
-    def cv(self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None) -> None:
+    def cv(
+        self,
+        model: L.LightningModule,
+        datamodule: L.LightningDataModule | None = None,
+        workers: int = 1,
+        address: str | None = None,
+        gpus_per_fold: float = 0.0,
+    ) -> None:
         """Cross-validate: every fold, beside a classical twin, logistic regression and the majority class.
 
         Each fold k trains a fresh model, data module and trainer, logs to <experiment>/fold_<k> and is
         tested on its held-out fold with its best checkpoint. Writes cv_summary.json, cv_summary.md
         (means, sd, 95% CI) and figures to the experiment's log folder.
+
+        Args:
+            model: The configured model.
+            datamodule: The configured k-fold data module.
+            workers: Folds trained at once, each a Ray task with one CPU and one torch thread; 1 trains them
+                here, one after another. The results are the same either way.
+            address: A Ray cluster to train the folds on: ``auto`` (the one started on this machine with
+                ``ray start``) or the head node's ``host:port``; ``RAY_ADDRESS`` is used when unset.
+            gpus_per_fold: The GPU share each fold asks Ray for (0.5 puts two folds on one GPU).
         """
         raise QlitError("cross-validation runs from the command line: qlit cv --config <file>")
+
+    def tune(
+        self,
+        model: L.LightningModule,
+        datamodule: L.LightningDataModule | None = None,
+        space: str | None = None,
+        num_samples: int = 16,
+        nested: bool = True,
+        inner_folds: int = 3,
+        search: Literal["random", "optuna"] = "random",
+        asha: bool = True,
+        grace_period: int = 2,
+        workers: int = 1,
+        address: str | None = None,
+        gpus_per_trial: float = 0.0,
+        resume: bool = False,
+    ) -> None:
+        """Tune config keys with Ray Tune, scored on validation rows only; nested cv estimates the result.
+
+        Each trial trains on the inner folds of an outer fold's training rows; the best config by mean
+        validation loss is trained on the outer fold and tested on its test rows, beside the untuned config,
+        logistic regression and the majority class. Writes tune_summary.json/.md, tune_scores.png and
+        best_config.yaml to <experiment>/tune_<n>/.
+
+        Args:
+            model: The configured model.
+            datamodule: The configured k-fold data module.
+            space: YAML file mapping config keys (model.lr, data.batch_size, ...) to distributions
+                (loguniform, uniform, randint, choice, grid, ...).
+            num_samples: Trials per search (times each grid value).
+            nested: Search inside every outer fold (the honest estimate); false: only in data.fold.
+            inner_folds: Inner folds of the outer fold's non-test rows each trial trains and validates on.
+            search: random, or optuna (TPE, through Ray Tune's search interface; needs optuna).
+            asha: Stop poor trials early (ASHA on val_loss, reported every validation epoch).
+            grace_period: Validation epochs every trial runs before ASHA may stop it.
+            workers: Trials at once on this machine, each with one CPU (a local Ray).
+            address: A Ray cluster to run on: auto, or the head's host:port; RAY_ADDRESS is used when unset.
+            gpus_per_trial: The GPU share each trial asks Ray for.
+            resume: Go on with the last unfinished tune_<n> of this experiment (Ray Tune's restore).
+        """
+        raise QlitError("tuning runs from the command line: qlit tune --config <file> --space <file>")
 
     def diagnose(
         self,
@@ -106,6 +165,34 @@ class QlitTrainer(L.Trainer):
             samples: Random initialisations per circuit.
         """
         raise QlitError("the diagnostic runs from the command line: qlit diagnose --config <file>")
+
+    def robustness(
+        self,
+        model: L.LightningModule,
+        datamodule: L.LightningDataModule | None = None,
+        ckpt_path: str | None = None,
+        channel: str = "depolarizing",
+        noise_levels: list[float] = list(DEFAULT_LEVELS),
+        shots: list[int | None] = list(DEFAULT_SHOTS),
+        repeats: int = 3,
+        seed: int = 0,
+        twin_ckpt: str | None = None,
+    ) -> None:
+        """Score one checkpoint on its test fold over a grid of noise levels and shot counts (table + plot).
+
+        Args:
+            model: The configured model (rebuilt from the checkpoint's hyperparameters).
+            datamodule: The data whose test fold the checkpoint was trained beside.
+            ckpt_path: The checkpoint: ``best``, ``last`` or a file.
+            channel: Gate channel after every gate: depolarizing, amplitude_damping, phase_damping, bit_flip
+                or phase_flip.
+            noise_levels: The channel's probabilities to score at (0: none).
+            shots: Shot counts to score at; null for exact expectation values.
+            repeats: Scores per cell with shots, from seeds seed, seed + 1, ... (mean and sd reported).
+            seed: First seed of every cell.
+            twin_ckpt: Checkpoint of the classical twin (--model.core classical, same fold) for its reference line.
+        """
+        raise QlitError("robustness runs from the command line: qlit robustness --config <file> --ckpt_path best")
 
 
 class QlitArgumentParser(LightningArgumentParser):
@@ -202,15 +289,32 @@ class QlitCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        """Lightning's subcommands plus ``cv`` and ``diagnose`` (their arguments come from `QlitTrainer`)."""
-        return {**LightningCLI.subcommands(), "cv": {"model", "datamodule"}, "diagnose": {"model", "datamodule"}}
+        """Lightning's subcommands plus qlit's own (their arguments come from `QlitTrainer`)."""
+        own = ("cv", "tune", "diagnose", "robustness")
+        return {**LightningCLI.subcommands(), **{name: {"model", "datamodule"} for name in own}}
 
-    def cv(self, model: Any, datamodule: Any = None) -> None:
+    def cv(
+        self, model: Any, datamodule: Any = None, workers: int = 1, address: str | None = None,
+        gpus_per_fold: float = 0.0,
+    ) -> None:
         """Run ``qlit cv``: a fresh CLI per fold, built from this command's parsed config."""
+        options = CVOptions(workers, address, gpus_per_fold)
+        options.check()
         if datamodule is not None:
             datamodule.setup("fit")  # bad data fails here, before the cv run writes anything
         full = self.parser.dump(self.config, skip_none=False, format="yaml")
-        cross_validate(type(self), self.config["cv"], full)
+        cross_validate(type(self), self.config["cv"], full, options)
+
+    def tune(self, model: Any, datamodule: Any = None, space: str | None = None, **options: Any) -> None:
+        """Run ``qlit tune``: Ray Tune trials, each a fresh CLI built from this config plus its sampled values."""
+        if space is None:
+            raise QlitError("qlit tune needs a search space: --space <file> (see configs/space/)")
+        tune_options = TuneOptions(space=space, **options)
+        tune_options.check()
+        if datamodule is not None:
+            datamodule.setup("fit")  # bad data fails here, before the tune run writes anything
+        full = self.parser.dump(self.config, skip_none=False, format="yaml")
+        run_tune(type(self), self.config["tune"], full, tune_options)
 
     def diagnose(
         self, model: Any, datamodule: Any = None, qubits: list[int] | None = None,
@@ -219,6 +323,18 @@ class QlitCLI(LightningCLI):
         """Run ``qlit diagnose``: `qlit.evaluation.diagnostics` over widths and depths around the model's circuit."""
         run_diagnose(self.config["diagnose"], model.hparams, qubits, layers, samples)
 
+    def robustness(
+        self, model: Any, datamodule: Any = None, ckpt_path: str | None = None, channel: str = "depolarizing",
+        noise_levels: list[float] = list(DEFAULT_LEVELS), shots: list[int | None] = list(DEFAULT_SHOTS),
+        repeats: int = 3, seed: int = 0, twin_ckpt: str | None = None,
+    ) -> None:
+        """Run ``qlit robustness``: `qlit.evaluation.robustness` on the resolved checkpoint, printing the table."""
+        if not ckpt_path or datamodule is None:
+            raise QlitError("qlit robustness needs a checkpoint and its data: --config <file> --ckpt_path best|FILE")
+        report = run_robustness(Path(ckpt_path), datamodule, channel, noise_levels, shots, repeats, seed, twin_ckpt)
+        print(Path(report["files"]["md"]).read_text(), end="")
+        print(f"qlit robustness: wrote {Path(report['files']['md']).parent}", file=sys.stderr)
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
@@ -226,8 +342,8 @@ class QlitCLI(LightningCLI):
             return
         config = self.config[subcommand]
         _choose_threads(config)
-        if subcommand == "cv":
-            _refuse_multi_process_cv(config)
+        if subcommand in ("cv", "tune"):
+            _refuse_multi_process_cv(config, subcommand)
         self._resolve_checkpoint(subcommand, config)
         if subcommand == "fit" and self._checkpoint is not None:
             check_resume_overrides(self._checkpoint, Path(config.ckpt_path), config.model)
@@ -368,7 +484,7 @@ def _choose_threads(config: Any) -> None:
         torch.set_num_threads(1)
 
 
-def _refuse_multi_process_cv(config: Any) -> None:
+def _refuse_multi_process_cv(config: Any, subcommand: str = "cv") -> None:
     trainer = config.trainer
     strategy = str(trainer.get("strategy") or "auto")
     devices = trainer.get("devices")
@@ -377,18 +493,17 @@ def _refuse_multi_process_cv(config: Any) -> None:
     many = many or (isinstance(devices, str) and "," in devices)
     if many:
         raise QlitError(
-            f"qlit cv trains its folds one after another in one process; it cannot run under "
+            f"qlit {subcommand} trains each fold in one process; it cannot run under "
             f"--trainer.strategy {strategy} --trainer.devices {devices}: use one device per cv run, "
             "or qlit fit with DDP on one fold (--data.fold k)"
         )
 
 
-def main(args: list[str] | None = None) -> None:
-    """Run the ``qlit`` command line; ``args`` defaults to ``sys.argv[1:]``."""
-    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
-    # TensorBoard's writer thread dies on a full disk with a traceback of its own; the main thread meets the
-    # same error at the next flush and reports it in one line.
-    threading.excepthook = _quiet_about_full_disk
+def quiet_lightning() -> None:
+    """Keep Lightning's INFO lines and two known, harmless warnings out of qlit's output (not with QLIT_DEBUG).
+
+    Called by `main` and by every Ray worker that trains for qlit.
+    """
     # Lightning 2.6's own pytree helper trips torch 2.13's LeafSpec deprecation once per trainer.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     # Said on every resume; a new fit into a folder with checkpoints is refused before it starts (preflight).
@@ -397,6 +512,15 @@ def main(args: list[str] | None = None) -> None:
         # Lightning's INFO lines (seed, GPU/TPU availability, tips) would stand before qlit's own messages.
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Run the ``qlit`` command line; ``args`` defaults to ``sys.argv[1:]``."""
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    # TensorBoard's writer thread dies on a full disk with a traceback of its own; the main thread meets the
+    # same error at the next flush and reports it in one line.
+    threading.excepthook = _quiet_about_full_disk
+    quiet_lightning()
     try:
         check_config_files(sys.argv[1:] if args is None else args)
         QlitCLI(args=args)

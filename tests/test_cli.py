@@ -25,6 +25,10 @@ def scalars(run_dir: Path) -> dict[str, list]:
 
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda p: p.stem)
 def test_every_config_trains_a_step_and_validates(config: Path):
+    if config.stem == "genotypes_plink":  # its first command writes the simulated fileset it reads
+        from qlit.data.genotype_sim import write_fileset
+
+        write_fileset("data/sim1kg/sim1kg", n_individuals=300, n_snps=2000)
     cli = QlitCLI(args=["fit", "--config", str(config), "--trainer.fast_dev_run=true", *QUICK])
     assert cli.trainer.global_step == 1
     metrics = cli.trainer.callback_metrics

@@ -66,9 +66,11 @@ class Int8Quantization(L.Callback):
         if not trainer.is_global_zero:
             return
         checkpoint, source = self._best_checkpoint(trainer, pl_module)
-        float_model = classifier_from_checkpoint(checkpoint)
+        # both scored under the shots and noise the model trained with, as its own val_acc was
+        conditions = getattr(pl_module, "run_conditions", None)
+        float_model = classifier_from_checkpoint(checkpoint, conditions=conditions)
         artifact = int8_artifact(checkpoint)
-        int8_model = classifier_from_int8(artifact)
+        int8_model = classifier_from_int8(artifact, conditions=conditions)
 
         metrics: dict[str, float] = {}
         loader = self._loader(trainer, "val")
@@ -120,7 +122,9 @@ class Int8Quantization(L.Callback):
         loader = self._loader(trainer, "test")
         if loader is None:
             return
-        int8_model = classifier_from_int8(int8_artifact(load_checkpoint(trainer.ckpt_path)))
+        artifact = int8_artifact(load_checkpoint(trainer.ckpt_path))
+        # under the shots and noise test_acc was measured with
+        int8_model = classifier_from_int8(artifact, conditions=getattr(pl_module, "run_conditions", None))
         int8_acc = accuracy(int8_model, loader)
         for logger in trainer.loggers:
             logger.log_metrics({"int8_test_acc": int8_acc}, step=trainer.global_step)

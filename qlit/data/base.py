@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import codecs
-import csv
 import hashlib
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -18,81 +15,8 @@ from torch.utils.data import TensorDataset
 
 from qlit.data.preprocessing import Preprocessor
 from qlit.data.sampling import EpochShuffleSampler, ResumableDataLoader, TensorLoader
+from qlit.data.tables import read_table
 from qlit.errors import QlitError
-from qlit.io.files import check_regular_file
-
-
-def read_csv_table(path: str | Path, what: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """Read a CSV file of user data: UTF-8 (a byte-order mark allowed), a header row, equal-length rows.
-
-    Both of qlit's tables (genotypes, predict files) come through here, so they agree on encoding,
-    whitespace and header rules.
-
-    Args:
-        path: The file.
-        what: What the file is, for messages (``"predict file"``, ``"genotype file"``).
-
-    Returns:
-        ``(header, rows)``: the column names and, for each non-blank data row, its line number in
-        the file and its cells, all stripped of surrounding whitespace. Both are empty for a file
-        without any non-blank row.
-
-    Raises:
-        QlitError: the path is missing, not a regular file or unreadable; the file is compressed,
-            binary, UTF-16 or not UTF-8; a name appears twice in the header; or a row's length
-            differs from the header's. The message names the file (and line).
-    """
-    path = Path(path)
-    try:
-        data = _read_regular_file(path, what)
-    except PermissionError:
-        raise QlitError(f"{what} {path}: permission denied (the file is not readable by this user)") from None
-    except OSError as err:
-        raise QlitError(f"{what} {path}: cannot be read ({err.strerror or err})") from None
-    if data.startswith(b"\x1f\x8b"):
-        raise QlitError(f"{what} {path} is gzip-compressed; decompress it (gunzip) and give the CSV file")
-    if data.startswith(b"PK\x03\x04"):
-        raise QlitError(f"{what} {path} is a ZIP archive (a spreadsheet workbook?), not a CSV file; export it as CSV")
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise QlitError(f"{what} {path} is UTF-16 text; save it as UTF-8 CSV")
-    if b"\x00" in data:
-        raise QlitError(f"{what} {path} holds NUL bytes: not a text CSV file (binary data, or UTF-16 without a BOM?)")
-    # Spreadsheet programs often start a CSV with a UTF-8 byte-order mark, which would hide the first header name.
-    data = data.removeprefix(codecs.BOM_UTF8)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise QlitError(
-            f"{what} {path}: not a readable UTF-8 CSV file: line {line} holds byte 0x{data[err.start]:02x}, "
-            "which is not UTF-8 (save the file as UTF-8)"
-        ) from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    rows: list[tuple[int, list[str]]] = []
-    try:
-        for row in reader:
-            if row:
-                rows.append((reader.line_num, [cell.strip() for cell in row]))
-    except csv.Error as err:
-        raise QlitError(f"{what} {path}: line {reader.line_num}: not a readable CSV file ({err})") from None
-    if not rows:
-        return [], []
-    (_, header), body = rows[0], rows[1:]
-    for j, name in enumerate(header):
-        if name in header[:j]:
-            raise QlitError(
-                f"{what} {path}: column {name!r} appears twice in the header (columns {header.index(name) + 1} "
-                f"and {j + 1}); every column needs its own name"
-            )
-    for line, row in body:
-        if len(row) != len(header):
-            raise QlitError(f"{what} {path}: line {line} has {len(row)} columns, the header has {len(header)}")
-    return header, body
-
-
-def _read_regular_file(path: Path, what: str) -> bytes:
-    """The bytes of ``path``, refusing anything but a regular file (opening a FIFO would wait forever)."""
-    return check_regular_file(path, what, "a regular file: give a CSV file").read_bytes()
 
 
 def check_seed(name: str, value: Any) -> None:
@@ -125,7 +49,7 @@ def read_samples_csv(path: str | Path, n_features: int) -> tuple[list[str], np.n
     """Read new samples: a header row, one row per sample, an optional ``id`` column.
 
     Args:
-        path: CSV file, read by `read_csv_table`.
+        path: CSV file, read by `qlit.data.tables.read_table` as text cells.
         n_features: Number of feature columns expected (the ``id`` column not counted).
 
     Returns:
@@ -136,18 +60,21 @@ def read_samples_csv(path: str | Path, n_features: int) -> tuple[list[str], np.n
             holds a non-numeric, NaN or infinite value. The message names the file (and row and column).
     """
     path = Path(path)
-    header, body = read_csv_table(path, "predict file")
-    if not body:
+    table = read_table(path, "predict file", text_cells=True)
+    if len(table.frame) == 0:
         raise QlitError(f"{path}: no samples (expected a header row and at least one data row)")
+    header = table.columns
     id_col = id_column(header)
-    if len(header) - (id_col is not None) != n_features:
-        raise QlitError(f"{path}: {len(header) - (id_col is not None)} feature columns, the model expects {n_features}")
     names = [name for c, name in enumerate(header) if c != id_col]
-    ids, features = [], np.empty((len(body), n_features))
-    for r, (line, row) in enumerate(body):
-        ids.append(row[id_col] if id_col is not None else str(r))
+    if len(names) != n_features:
+        raise QlitError(f"{path}: {len(names)} feature columns, the model expects {n_features}")
+    cells = table.frame.to_numpy()
+    features = np.empty((len(cells), n_features))
+    for r, row in enumerate(cells):
+        line = int(table.lines[r])
         values = [v for c, v in enumerate(row) if c != id_col]
         features[r] = [parse_number(value, path, line, name) for value, name in zip(values, names)]
+    ids = [str(v) for v in cells[:, id_col]] if id_col is not None else [str(r) for r in range(len(cells))]
     return ids, features
 
 
@@ -172,6 +99,9 @@ class KFoldDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         predict_file: CSV of new raw samples for ``qlit predict``; without it, predict runs on
             the test fold.
+        inner_folds: Nested cross-validation, as ``qlit tune`` uses it: split the fold's non-test rows into
+            this many inner folds and leave the test fold out of every split. ``null``: no nesting.
+        inner_fold: The inner fold that validates, ``0 <= inner_fold < inner_folds``.
     """
 
     num_features: int
@@ -188,6 +118,8 @@ class KFoldDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         predict_file: str | None = None,
+        inner_folds: int | None = None,
+        inner_fold: int = 0,
     ) -> None:
         super().__init__()
         if isinstance(num_folds, bool) or not isinstance(num_folds, int) or num_folds < 2:
@@ -201,6 +133,15 @@ class KFoldDataModule(L.LightningDataModule):
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise QlitError(f"num_workers must be an integer >= 0, got {num_workers!r}")
         check_seed("split_seed", split_seed)
+        if inner_folds is not None:
+            if isinstance(inner_folds, bool) or not isinstance(inner_folds, int) or inner_folds < 2:
+                raise QlitError(f"inner_folds must be null or an integer >= 2, got {inner_folds!r}")
+            if isinstance(inner_fold, bool) or not isinstance(inner_fold, int) or not 0 <= inner_fold < inner_folds:
+                raise QlitError(
+                    f"inner_fold must be in 0..{inner_folds - 1} for inner_folds={inner_folds}, got {inner_fold!r}"
+                )
+        self.inner_folds = inner_folds
+        self.inner_fold = inner_fold
         self.num_folds = num_folds
         self.fold = fold
         self.val_fraction = val_fraction
@@ -228,6 +169,8 @@ class KFoldDataModule(L.LightningDataModule):
         if self.x is None:
             x, y = self.load()
             indices = self.split(y)  # assigned only once all is well: a failed setup leaves nothing half-done
+            if self.inner_folds is not None:
+                indices = self.inner_split(y, indices)
             n_components, n_train = self.preprocessor.n_components, len(indices["train"])
             if n_components is not None and n_components >= n_train:
                 raise QlitError(
@@ -245,7 +188,7 @@ class KFoldDataModule(L.LightningDataModule):
         """Row indices of the ``train``, ``val`` and ``test`` sets of this fold."""
         counts = np.bincount(y, minlength=self.num_classes)
         smallest, name = int(counts.min()), self.class_names[int(counts.argmin())]
-        source = getattr(self, "genotype_file", None) or "the data"
+        source = self.source_name()
         if smallest == 0:  # e.g. a genotype file holding a single population
             raise QlitError(
                 f"{source} has no samples of class {name!r}; every class needs samples to train a classifier"
@@ -273,6 +216,25 @@ class KFoldDataModule(L.LightningDataModule):
                 f"{self.fold}; use a smaller val_fraction or more data"
             )
         return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+    def inner_split(self, y: np.ndarray, outer: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Nested cross-validation (``qlit tune``): inner fold ``inner_fold`` of the outer fold's non-test rows.
+
+        The outer fold's training and validation rows are split into ``inner_folds`` stratified folds;
+        one validates, the others train. The outer test rows are in no split at all: a trial can neither
+        train on them, fit preprocessing on them, nor be scored on them.
+        """
+        rest = np.sort(np.concatenate([outer["train"], outer["val"]]))
+        counts = np.bincount(y[rest], minlength=self.num_classes)
+        if counts.min() < self.inner_folds:
+            name = self.class_names[int(counts.argmin())]
+            raise QlitError(
+                f"inner_folds={self.inner_folds} is more than the {int(counts.min())} samples of class {name!r} "
+                f"outside test fold {self.fold}; use inner_folds <= {int(counts.min())}"
+            )
+        folds = StratifiedKFold(self.inner_folds, shuffle=True, random_state=self.split_seed)
+        train, val = list(folds.split(np.zeros(len(rest)), y[rest]))[self.inner_fold]
+        return {"train": rest[train], "val": rest[val], "test": np.empty(0, dtype=np.int64)}
 
     def _check_validation_split(self, y_rest: np.ndarray, source: str) -> None:
         """Refuse a split whose stratified training or validation rows would miss a class or be empty."""
@@ -344,6 +306,10 @@ class KFoldDataModule(L.LightningDataModule):
         x = torch.as_tensor(np.asarray(self.x, dtype=np.float64))
         return ((x - state["pca_mean"]) @ state["pca_components"][:2].T).numpy()
 
+    def source_name(self) -> str:
+        """The data's name in messages about its labels (a file, or ``"the data"``)."""
+        return getattr(self, "genotype_file", None) or "the data"
+
     def describe_source(self) -> dict[str, Any]:
         """Primitive values that name the data this module reads, for messages (e.g. a file path).
 
@@ -369,10 +335,16 @@ class KFoldDataModule(L.LightningDataModule):
                 "fold": self.fold,
                 "val_fraction": self.val_fraction,
                 "split_seed": self.split_seed,
-                "data_sha256": _sha256(self.x, self.y),
+                "inner_folds": self.inner_folds,
+                "inner_fold": self.inner_fold if self.inner_folds is not None else None,
+                "data_sha256": self.data_sha256(),
                 **{f"{split}_sha256": _sha256(rows) for split, rows in self.indices.items()},
             }
         return dict(self._split_identity)
+
+    def data_sha256(self) -> str:
+        """Hex SHA-256 of the data this module trains, validates and tests on (features and labels)."""
+        return _sha256(self.x, self.y)
 
     def state_dict(self) -> dict[str, Any]:
         """Fitted preprocessing, label names and the split's identity, saved in every checkpoint."""

@@ -419,6 +419,22 @@ class EquityDataModule(KFoldDataModule):
             return super().split(y)
         return self.walk_forward(y)[self.fold]
 
+    def inner_split(self, y: np.ndarray, outer: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Nested walk-forward (``qlit tune``): inner fold ``inner_fold`` inside the outer training span.
+
+        The outer fold's training and validation rows are cut into walk-forward folds of their own, with
+        the same gap; the inner fold's test span validates and its training span trains. Everything stays
+        before the outer test span, which is in no split.
+        """
+        if self.folds == "shuffled":
+            return super().inner_split(y, outer)
+        rest = np.sort(np.concatenate([outer["train"], outer["val"]]))
+        inner = walk_forward_folds(
+            self.sample_dates[rest], self.label_end[rest], y[rest], self.inner_folds, self.val_fraction,
+            self.gap, None, self.window, f"{self._table.source} (outer fold {self.fold}'s training span)",
+        )[self.inner_fold]
+        return {"train": rest[inner["train"]], "val": rest[inner["test"]], "test": np.empty(0, dtype=np.int64)}
+
     def walk_forward(self, y: np.ndarray | None = None) -> list[dict[str, np.ndarray]]:
         """Rows of every walk-forward fold (needs `load` or `setup` first)."""
         if self.sample_dates is None:

@@ -7,20 +7,22 @@ from typing import Any, Literal
 
 import numpy as np
 
-from qlit.data.base import KFoldDataModule, check_seed, id_column, read_csv_table
+from qlit.data.base import KFoldDataModule, check_seed, id_column
 from qlit.data.preprocessing import Preprocessor
 from qlit.data.simulate import POPULATIONS, simulate_null, simulate_populations
+from qlit.data.tables import read_table
 from qlit.errors import QlitError
 
 
 def read_genotype_csv(path: str | Path, populations: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Read a genotype table: a header, one row per individual, a ``population`` column and 0/1/2 SNPs.
 
-    The file is read by `read_csv_table`, as predict files are; an optional ``id`` column is skipped.
+    The file is read by `qlit.data.tables.read_table` as text cells, as predict files are; an
+    optional ``id`` column is skipped.
 
     Args:
         path: CSV file.
-        populations: The populations to classify; label ``k`` is ``populations[k]``.
+        populations: The populations to classify (any names); label ``k`` is ``populations[k]``.
 
     Returns:
         ``(genotypes, labels)``: an ``(individuals, SNPs)`` int8 matrix and the label indices.
@@ -30,25 +32,33 @@ def read_genotype_csv(path: str | Path, populations: list[str]) -> tuple[np.ndar
             ``population`` column or no individuals, or holds an unknown population or genotype.
     """
     path = Path(path)
-    header, body = read_csv_table(path, "genotype file")
+    table = read_table(path, "genotype file", text_cells=True)
+    header = table.columns
     if "population" not in header:
         found = f"its header starts {', '.join(header[:4])}" if header else "it is empty"
         raise QlitError(f"genotype file {path}: expected a header with a 'population' column, but {found}")
-    if not body:
+    if len(table.frame) == 0:
         raise QlitError(f"genotype file {path}: no individuals (expected one row per individual after the header)")
+    cells = table.frame.to_numpy()
     label_col, id_col = header.index("population"), id_column(header)
     snp_cols = [c for c in range(len(header)) if c not in (label_col, id_col)]
-    genotypes = np.empty((len(body), len(snp_cols)), dtype=np.int8)
-    labels = np.empty(len(body), dtype=np.int64)
-    for r, (line, row) in enumerate(body):
-        name = row[label_col]
-        if name not in populations:
-            raise QlitError(f"{path}: line {line}: population {name!r} is not one of {', '.join(populations)}")
-        bad = next((c for c in snp_cols if row[c] not in ("0", "1", "2")), None)
-        if bad is not None:
-            raise QlitError(f"{path}: line {line}, column {header[bad]!r}: genotype {row[bad]!r} is not 0, 1 or 2")
-        genotypes[r] = [int(row[c]) for c in snp_cols]
-        labels[r] = populations.index(name)
+    names = cells[:, label_col]
+    unknown = ~np.isin(names, populations)
+    if unknown.any():
+        r = int(np.flatnonzero(unknown)[0])
+        raise QlitError(
+            f"{path}: {table.where(r)}: population {names[r]!r} is not one of {', '.join(populations)} "
+            "(list the file's labels in populations)"
+        )
+    values = cells[:, snp_cols]
+    bad = ~np.isin(values, ("0", "1", "2"))
+    if bad.any():
+        r, c = (int(i[0]) for i in np.nonzero(bad))
+        raise QlitError(
+            f"{path}: {table.where(r)}, column {header[snp_cols[c]]!r}: genotype {values[r, c]!r} is not 0, 1 or 2"
+        )
+    genotypes = values.astype(np.int64).astype(np.int8) if values.size else np.empty(values.shape, dtype=np.int8)
+    labels = np.array([populations.index(name) for name in names], dtype=np.int64)
     return genotypes, labels
 
 
@@ -60,7 +70,8 @@ class SNPDataModule(KFoldDataModule):
     with random labels, on which the correct accuracy is chance.
 
     Args:
-        populations: Population labels to use, a subset of AFR, EUR, EAS, SAS, AMR.
+        populations: Population labels to use: for the simulator a subset of AFR, EUR, EAS, SAS, AMR;
+            with ``genotype_file``, the labels of its ``population`` column (any names).
         n_individuals: Number of simulated individuals, balanced over the populations.
         n_snps: Number of simulated SNPs.
         n_components: Principal components kept, one per qubit.
@@ -82,9 +93,9 @@ class SNPDataModule(KFoldDataModule):
         genotype_file: str | None = None,
         **kwargs,
     ) -> None:
-        populations = list(populations)
+        populations = [str(name) for name in populations]
         unknown = [name for name in populations if name not in POPULATIONS]
-        if unknown:
+        if unknown and genotype_file is None:  # a genotype file's labels may have any names
             raise QlitError(f"unknown population {unknown[0]!r}; choose from {', '.join(POPULATIONS)}")
         if len(set(populations)) != len(populations) or len(populations) < 2:
             raise QlitError(f"populations must name at least two different populations, got {populations}")

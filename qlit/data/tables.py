@@ -9,10 +9,13 @@ bars bundled with the ``arch`` package).
 
 from __future__ import annotations
 
+import codecs
+import csv
 import gzip
 import importlib.util
+import io
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +40,19 @@ class Table:
         source: The file (or built-in table name) used in messages.
         text: Whether rows are numbered by file line (CSV/TSV: the header is line 1) rather than
             by row (Parquet, built-in tables: the first data row is row 1).
+        lines: The file line of each row, where blank lines were skipped (``text_cells`` tables);
+            ``None`` when row ``i`` is line ``i + 2``.
     """
 
     frame: pd.DataFrame
     source: str
     text: bool
+    lines: np.ndarray | None = field(default=None, compare=False)
 
     def where(self, row: int) -> str:
         """``"line 7"`` or ``"row 6"`` for the data row with index ``row``."""
+        if self.lines is not None:
+            return f"line {int(self.lines[row])}"
         return f"line {row + 2}" if self.text else f"row {row + 1}"
 
     @property
@@ -103,16 +111,25 @@ class Table:
         return False
 
 
-def read_table(path: str | Path, what: str = "data file") -> Table:
+def read_table(path: str | Path, what: str = "data file", *, text_cells: bool = False) -> Table:
     """Read a CSV, TSV or Parquet file (or a built-in table) with pandas.
 
     Text files may be gzip-compressed (``.csv.gz``) and may start with a UTF-8 or UTF-16 byte-order
     mark, as spreadsheet programs write them. Column names are stripped of surrounding blanks; they
     must be present and unique.
 
+    With ``text_cells`` the file is one of qlit's plain CSV inputs (genotype tables, predict files,
+    sample sheets): uncompressed UTF-8 (a byte-order mark allowed), comma-separated (``.tsv``:
+    tab-separated; any other name without a comma in its header: separated by runs of blanks).
+    Every cell is kept as its text, stripped of surrounding blanks, with no type guessing and no
+    missing-value codes; blank lines are skipped but still counted in the line numbers of messages;
+    a row with more or fewer cells than the header is an error; and a header without data rows gives
+    an empty table (an empty file: no columns either) for the caller to judge.
+
     Args:
         path: ``.csv``, ``.tsv``, ``.csv.gz``, ``.tsv.gz``, ``.parquet``, or a name from `BUILTIN`.
         what: What the file is, for messages (``"data file"``, ``"predict file"``).
+        text_cells: Read a plain CSV as text cells (see above).
 
     Returns:
         The `Table`.
@@ -120,6 +137,8 @@ def read_table(path: str | Path, what: str = "data file") -> Table:
     Raises:
         QlitError: the file is missing, of an unknown kind, unreadable, empty, or its header is bad.
     """
+    if text_cells:
+        return _read_text_cells(Path(path), what)
     name = str(path)
     if name in BUILTIN:
         return _builtin(name)
@@ -200,11 +219,76 @@ def _check_names(path: Path, names: list[str]) -> None:
     for i, name in enumerate(names):
         if not name or name.lower() == "nan":
             raise QlitError(f"{path}: column {i + 1} has no name in the header")
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise QlitError(f"{path}: column name {name!r} appears twice in the header")
-        seen.add(name)
+    for j, name in enumerate(names):
+        if name in names[:j]:
+            raise QlitError(
+                f"{path}: column {name!r} appears twice in the header (columns {names.index(name) + 1} and {j + 1}); "
+                "every column needs its own name"
+            )
+
+
+def _whitespace_separated(path: Path, text: str) -> bool:
+    """Whether a text table splits on runs of blanks: named neither .csv nor .tsv, no comma in its header."""
+    if path.name.lower().endswith((".csv", ".tsv")):
+        return False
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    return "," not in first
+
+
+def _read_text_cells(path: Path, what: str) -> Table:
+    """`read_table` with ``text_cells``: a plain UTF-8 CSV as stripped text cells, line numbers kept."""
+    check_regular_file(path, what, "a regular file: give a CSV file")
+    try:
+        data = path.read_bytes()
+    except PermissionError:
+        raise QlitError(f"{what} {path}: permission denied (the file is not readable by this user)") from None
+    except OSError as err:
+        raise QlitError(f"{what} {path}: cannot be read ({err.strerror or err})") from None
+    if data.startswith(b"\x1f\x8b"):
+        raise QlitError(f"{what} {path} is gzip-compressed; decompress it (gunzip) and give the CSV file")
+    if data.startswith(b"PK\x03\x04"):
+        raise QlitError(f"{what} {path} is a ZIP archive (a spreadsheet workbook?), not a CSV file; export it as CSV")
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise QlitError(f"{what} {path} is UTF-16 text; save it as UTF-8 CSV")
+    if b"\x00" in data:
+        raise QlitError(f"{what} {path} holds NUL bytes: not a text CSV file (binary data, or UTF-16 without a BOM?)")
+    # Spreadsheet programs often start a CSV with a UTF-8 byte-order mark, which would hide the first header name.
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise QlitError(
+            f"{what} {path}: not a readable UTF-8 CSV file: line {line} holds byte 0x{data[err.start]:02x}, "
+            "which is not UTF-8 (save the file as UTF-8)"
+        ) from None
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    if _whitespace_separated(path, text):  # e.g. the 1000 Genomes panel, whose header ends in stray tabs
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.split():
+                rows.append(line.split())
+                lines.append(number)
+    else:
+        # The csv module, not pandas' parser: pandas pads a short row with empty cells, which must be refused.
+        delimiter = "\t" if path.name.lower().endswith(".tsv") else ","
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        try:
+            for row in reader:
+                if row:
+                    rows.append([cell.strip() for cell in row])
+                    lines.append(reader.line_num)
+        except csv.Error as err:
+            raise QlitError(f"{what} {path}: line {reader.line_num}: not a readable CSV file ({err})") from None
+    if not rows:
+        return Table(pd.DataFrame(), str(path), text=True, lines=np.empty(0, dtype=np.int64))
+    header, body = rows[0], rows[1:]
+    _check_names(path, header)
+    for line, row in zip(lines[1:], body):
+        if len(row) != len(header):
+            raise QlitError(f"{what} {path}: line {line} has {len(row)} columns, the header has {len(header)}")
+    frame = pd.DataFrame(body, columns=header, dtype=object) if body else pd.DataFrame(columns=header, dtype=object)
+    return Table(frame, str(path), text=True, lines=np.asarray(lines[1:], dtype=np.int64))
 
 
 def _builtin(name: str) -> Table:

@@ -88,7 +88,7 @@ class TabularDataModule(KFoldDataModule):
             raise QlitError(f"n_components must be in 1..{len(features)}, the number of features; got {n_components!r}")
         self.path = str(path)
         self.target = target
-        self.features = features
+        self.feature_columns = features
         self.id_column = id_column
         self.n_components = n_components
         self.impute = impute
@@ -110,7 +110,7 @@ class TabularDataModule(KFoldDataModule):
         return {
             "path": self.path,
             "target": self.target,
-            "features": list(self.features),
+            "features": list(self.feature_columns),
             "classes": list(self.class_names),
             "impute": self.impute,
         }
@@ -120,7 +120,7 @@ class TabularDataModule(KFoldDataModule):
         keep = np.isin(self._labels, self.class_names)
         rows = np.flatnonzero(keep)
         missing = "keep" if self.impute == "mean" else "error"
-        x = np.column_stack([table.numbers(c, missing=missing, hint=IMPUTE_HINT) for c in self.features])[rows]
+        x = np.column_stack([table.numbers(c, missing=missing, hint=IMPUTE_HINT) for c in self.feature_columns])[rows]
         y = np.array([self.class_names.index(v) for v in self._labels[rows]], dtype=np.int64)
         if self.id_column is not None:
             self.row_ids = table.frame[self.id_column].astype(str).to_numpy()[rows]
@@ -130,7 +130,7 @@ class TabularDataModule(KFoldDataModule):
             # The means come from this fold's training rows only; split() is deterministic, so setup's call agrees.
             train = x[self.split(y)["train"]]
             counts = (~np.isnan(train)).sum(axis=0)
-            empty = [self.features[c] for c in np.flatnonzero(counts == 0)]
+            empty = [self.feature_columns[c] for c in np.flatnonzero(counts == 0)]
             if empty:
                 raise QlitError(f"{table.source}: column {empty[0]!r} has no value in the training rows to impute from")
             means = np.nansum(train, axis=0) / counts
@@ -145,13 +145,13 @@ class TabularDataModule(KFoldDataModule):
 
     def _read_predict_file(self) -> None:
         table = read_table(self.predict_file, what="predict file")
-        for name in self.features:
+        for name in self.feature_columns:
             table.require(name, "a feature the model was trained on")
-        ignored = [c for c in table.columns if c not in self.features and c != self.id_column]
+        ignored = [c for c in table.columns if c not in self.feature_columns and c != self.id_column]
         if ignored:
             print(f"qlit: {table.source}: ignoring columns that are not features: {_few(ignored)}", file=sys.stderr)
         missing = "keep" if self.impute == "mean" else "error"
-        x = np.column_stack([table.numbers(c, missing=missing, hint=IMPUTE_HINT) for c in self.features])
+        x = np.column_stack([table.numbers(c, missing=missing, hint=IMPUTE_HINT) for c in self.feature_columns])
         if np.isnan(x).any():  # impute: mean; the training rows are complete after load()
             means = self.impute_means if self.impute_means is not None else self.x[self.indices["train"]].mean(axis=0)
             x = np.where(np.isnan(x), means, x)
@@ -171,7 +171,7 @@ class TabularDataModule(KFoldDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state["features"] = list(self.features)
+        state["features"] = list(self.feature_columns)
         if self.impute_means is not None:
             state["impute_means"] = torch.from_numpy(self.impute_means.copy())
         return state

@@ -101,11 +101,34 @@ def fold_bars_figure(
     return fig
 
 
+def tune_scores_figure(trials: Sequence[dict], keys: Sequence[str], score: str, title: str) -> Figure:
+    """One panel per tuned key: each completed trial's score against its value (categories for text values)."""
+    fig = _figure(max(4.0, 3.2 * len(keys)), 3.4)
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    done = [t for t in trials if t.get(score) is not None]
+    for ax, key in zip(axes, keys):
+        values = [t["config"][key] for t in done]
+        scores = [t[score] for t in done]
+        if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            ax.scatter(values, scores, s=18, color=PALETTE[0])
+            if key.endswith(("lr", "weight_decay")) and min(values) > 0:
+                ax.set_xscale("log")
+        else:
+            categories = sorted({str(v) for v in values})
+            ax.scatter([categories.index(str(v)) for v in values], scores, s=18, color=PALETTE[0])
+            ax.set_xticks(range(len(categories)), categories)
+        ax.set_xlabel(key)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"{score} (lower is better)")
+    _title(fig, title)
+    return fig
+
+
 def barren_plateau_figure(records: Sequence[dict]) -> Figure:
     """Gradient variance against ``n_qubits``, log scale, one line per depth; ``uniform`` solid, ``model`` dashed.
 
-    Takes the records of `qlit.evaluation.diagnostics.barren_plateau_sweep`; a grey dotted line shows ``2^-n`` through the
-    first ``uniform`` line's first point, the decay of an exponential barren plateau.
+    Takes the records of `qlit.evaluation.diagnostics.barren_plateau_sweep`; a grey dotted line shows ``2^-n``
+    through the first ``uniform`` line's first point, the decay of an exponential barren plateau.
     """
     fig = _figure(6.0, 4.2)
     ax = fig.add_subplot()

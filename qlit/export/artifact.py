@@ -39,15 +39,19 @@ def datamodule_state(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def classifier_from_hparams(hparams: dict[str, Any], backend: str | None = None) -> HybridClassifier:
+def classifier_from_hparams(
+    hparams: dict[str, Any], backend: str | None = None, conditions: dict[str, Any] | None = None
+) -> HybridClassifier:
     """A new `HybridClassifier` with the given hyperparameters (unknown keys are ignored).
 
     Args:
         hparams: ``checkpoint["hyper_parameters"]``.
         backend: Simulator to use instead of the one trained with (weights load into any backend).
+        conditions: Shots and noise to run under (``shots``, ``noise``, ``shot_gradient``); exact and
+            noiseless when ``None``, since a checkpoint's hyperparameters do not carry them.
     """
     accepted = set(inspect.signature(HybridClassifier.__init__).parameters) - {"self"}
-    kwargs = {k: v for k, v in hparams.items() if k in accepted}
+    kwargs = {k: v for k, v in {**hparams, **(conditions or {})}.items() if k in accepted}
     if backend is not None:
         kwargs["backend"] = backend
     # Building a model draws random initial weights; keep the caller's random stream unchanged.
@@ -55,9 +59,11 @@ def classifier_from_hparams(hparams: dict[str, Any], backend: str | None = None)
         return HybridClassifier(**kwargs)
 
 
-def classifier_from_checkpoint(checkpoint: dict[str, Any], backend: str | None = None) -> HybridClassifier:
-    """Rebuild the float model of a Lightning checkpoint, in eval mode on the CPU."""
-    model = classifier_from_hparams(checkpoint["hyper_parameters"], backend)
+def classifier_from_checkpoint(
+    checkpoint: dict[str, Any], backend: str | None = None, conditions: dict[str, Any] | None = None
+) -> HybridClassifier:
+    """Rebuild the float model of a Lightning checkpoint, in eval mode on the CPU (see `classifier_from_hparams`)."""
+    model = classifier_from_hparams(checkpoint["hyper_parameters"], backend, conditions)
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()
 
@@ -88,9 +94,11 @@ def int8_artifact(checkpoint: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def classifier_from_int8(artifact: dict[str, Any], backend: str | None = None) -> HybridClassifier:
+def classifier_from_int8(
+    artifact: dict[str, Any], backend: str | None = None, conditions: dict[str, Any] | None = None
+) -> HybridClassifier:
     """Rebuild the INT8 model of an artifact: `Int8Linear` layers, float circuit, eval mode."""
-    model = classifier_from_hparams(artifact["hyper_parameters"], backend)
+    model = classifier_from_hparams(artifact["hyper_parameters"], backend, conditions)
     swap_modules(model, int8_layers_from_state(artifact["int8_layers"]))
     missing, unexpected = model.load_state_dict(artifact["float_state_dict"], strict=False)
     int8_keys = {f"{name}.{b}" for name in artifact["int8_layers"] for b in ("qweight", "scale")}

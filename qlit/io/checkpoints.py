@@ -177,7 +177,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
 # What a HybridClassifier's hyperparameters must be, so that a crafted file fails here and not in the model.
 _INT_MINIMUMS = {"in_features": 1, "num_classes": 2, "n_qubits": 1, "n_layers": 1, "lr_patience": 0}
 _STRINGS = ("ansatz", "embedding", "backend", "diff_method", "core")
-_NUMBERS = ("lr", "weight_decay", "lr_factor")
+_NUMBERS = ("lr", "weight_decay", "lr_factor", "init_std")
 ARCHITECTURE = ("in_features", "num_classes", "n_qubits", "n_layers", "ansatz", "core")
 _PREPROCESSING = ("scale_mean", "scale_std", "pca_mean", "pca_components")
 _NOT_RESUMABLE = "so training cannot resume from it (it can still be tested, validated, predicted or loaded)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -46,34 +47,47 @@ def config_paths(args: Sequence[str]) -> list[str]:
     return paths
 
 
+def load_yaml_strict(path: str | Path, what: str = "config") -> Any:
+    """The content of the YAML file ``path``; a `QlitError` naming it if it is missing, unreadable,
+    binary, broken or repeats a key.
+
+    Args:
+        path: The file.
+        what: What the file is, for messages ("config", "search space").
+    """
+    path = Path(path)
+    if not path.exists():
+        raise QlitError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise QlitError(f"{what} {path} is not a file")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise QlitError(f"cannot read {what} {path}: {err.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise QlitError(f"{what} {path} is not a YAML text file (it is not UTF-8 text)") from None
+    if "\x00" in text:
+        raise QlitError(f"{what} {path} is not a YAML text file (it holds binary data)")
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506  (a SafeLoader subclass)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise QlitError(f"{what} {path}: {where}{err.problem}") from None
+    except yaml.YAMLError as err:
+        raise QlitError(f"{what} {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+
+
 def check_config_file(path: str | Path) -> None:
     """Raise a `QlitError` naming ``path`` if it is not a readable YAML mapping without repeated keys.
 
     A missing file is left to the CLI, whose own message names it.
     """
-    path = Path(path)
-    if not path.exists():
+    if not Path(path).exists():
         return
-    if not path.is_file():
-        raise QlitError(f"config {path} is not a file")
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise QlitError(f"cannot read config {path}: {err.strerror}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise QlitError(f"config {path} is not a YAML text file (it is not UTF-8 text)") from None
-    if "\x00" in text:
-        raise QlitError(f"config {path} is not a YAML text file (it holds binary data)")
-    try:
-        content = yaml.load(text, Loader=_StrictLoader)  # noqa: S506  (a SafeLoader subclass)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise QlitError(f"config {path}: {where}{err.problem}") from None
-    except yaml.YAMLError as err:
-        raise QlitError(f"config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    content = load_yaml_strict(path)
     if content is not None and not isinstance(content, dict):
         kind = type(content).__name__
         raise QlitError(f"config {path} must be a mapping of keys (model:, data:, trainer:), not a {kind}")

@@ -15,6 +15,8 @@ from typing import Any
 from qlit.errors import QlitError
 from qlit.io.checkpoints import ARCHITECTURE, check_optimizer_fits
 from qlit.io.runs import tensorboard_loggers
+from qlit.models.circuit import check_noise
+from qlit.models.classifier import RUN_CONDITIONS, RUN_CONDITIONS_KEY
 
 
 def preflight(cli: Any, subcommand: str) -> None:
@@ -36,6 +38,10 @@ def preflight(cli: Any, subcommand: str) -> None:
         check_checkpoint_fits(checkpoint, Path(ckpt_path), cli.model, cli.datamodule, subcommand)
         if cli.datamodule is not None:
             check_split(checkpoint, Path(ckpt_path), cli.datamodule, subcommand)
+            # A data module that can only judge its predict file against the trained state (PLINK: shared SNPs).
+            check_predict = getattr(cli.datamodule, "check_predict_file", None)
+            if subcommand == "predict" and check_predict is not None:
+                check_predict(checkpoint.get(type(cli.datamodule).__qualname__))
     if subcommand == "fit" and not ckpt_path:
         _check_fresh_run_folder(config)
 
@@ -181,6 +187,17 @@ def check_resume_overrides(checkpoint: dict[str, Any], path: Path, model_config:
         for key in sorted(set(given) & set(saved) - _LINKED)
         if given[key] is not None and given[key] != saved[key]
     ]
+    # Shots and noise may differ on test (a trained model under other conditions), never on a resume.
+    conditions = checkpoint.get(RUN_CONDITIONS_KEY)
+    if isinstance(conditions, dict):
+        here = {key: given.get(key) for key in RUN_CONDITIONS if key in given}
+        if "noise" in here:
+            here["noise"] = dict(check_noise(here["noise"]))
+        diffs += [
+            f"model.{key}={value!r} here but {conditions.get(key)!r} in the checkpoint"
+            for key, value in here.items()
+            if value != conditions.get(key)
+        ]
     if diffs:
         raise QlitError(
             f"resuming {path} keeps the settings it was trained with, so {'; '.join(diffs)}: "

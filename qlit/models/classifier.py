@@ -12,9 +12,14 @@ from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
 
 from qlit.errors import QlitError
+from qlit.models.circuit import Ansatz, CircuitSpec, Rotation, ShotGradient
 from qlit.models.hybrid import Core, HybridNet
 
 STAGES = ("train", "val", "test")
+# Options that change how the circuit is measured, not the model: not saved as hyperparameters.
+RUN_CONDITIONS = ("shots", "noise", "shot_gradient")
+# The checkpoint key of the conditions a model was trained under.
+RUN_CONDITIONS_KEY = "run_conditions"
 
 
 class EpochMetrics(nn.Module):
@@ -92,11 +97,21 @@ class HybridClassifier(L.LightningModule):
         class_names: Label names, index-aligned with the classes (linked from the data module).
         n_qubits: Width of the quantum layer.
         n_layers: Number of entangling layers.
-        ansatz: ``"basic"`` (BasicEntanglerLayers) or ``"strong"`` (StronglyEntanglingLayers).
+        ansatz: ``"basic"`` (BasicEntanglerLayers), ``"strong"`` (StronglyEntanglingLayers) or ``"reupload"``
+            (data re-uploading: the embedding before every strongly entangling layer).
         embedding: Angle-embedding rotation, ``"X"``, ``"Y"`` or ``"Z"``.
         backend: ``"qlit"`` (the default: built-in batched statevector simulator) or a PennyLane device name.
         diff_method: PennyLane differentiation method; ignored by the ``qlit`` backend.
         core: ``"quantum"``, or ``"classical"`` for the classical-twin baseline.
+        init_std: Standard deviation of the normal initial circuit angles.
+        shots: ``null`` for exact expectation values, or the number of measurements each ⟨Z⟩ is estimated
+            from (fresh samples every forward pass, reproducible from ``seed_everything``). A run condition,
+            not architecture: ``qlit test --ckpt_path best --model.shots 100`` tests a trained model with shots.
+        noise: Gate channels after every gate and readout error, e.g. ``{depolarizing: 0.01, readout_error:
+            0.02}``; channels: depolarizing, amplitude_damping, phase_damping, bit_flip, phase_flip. A run
+            condition like ``shots``.
+        shot_gradient: With ``shots`` on the ``qlit`` backend: ``parameter-shift`` (what a device computes) or
+            ``exact``, a simulation-only shortcut (sampled values, exact gradients).
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         lr_factor: Factor by which ReduceLROnPlateau multiplies the learning rate.
@@ -110,8 +125,8 @@ class HybridClassifier(L.LightningModule):
         class_names: list[str] | None = None,
         n_qubits: int = 4,
         n_layers: int = 2,
-        ansatz: str = "basic",
-        embedding: str = "X",
+        ansatz: Ansatz = "basic",
+        embedding: Rotation = "X",
         backend: str = "qlit",
         diff_method: str = "backprop",
         core: Core = "quantum",
@@ -119,6 +134,10 @@ class HybridClassifier(L.LightningModule):
         weight_decay: float = 0.0,
         lr_factor: float = 0.5,
         lr_patience: int = 5,
+        init_std: float = 0.05,
+        shots: int | None = None,
+        noise: dict[str, float] | None = None,
+        shot_gradient: ShotGradient = "parameter-shift",
     ) -> None:
         super().__init__()
         if not 0 < lr < float("inf"):
@@ -131,10 +150,13 @@ class HybridClassifier(L.LightningModule):
             raise QlitError(f"lr_factor must be in (0, 1), got {lr_factor!r}")
         if class_names is not None and len(class_names) != num_classes:
             raise QlitError(f"class_names has {len(class_names)} names for {num_classes} classes")
-        self.save_hyperparameters()
-        self.net = HybridNet(
-            in_features, num_classes, n_qubits, n_layers, ansatz, embedding, backend, diff_method, core
+        # Shots and noise are the conditions a model runs under, not what it is: kept out of the checkpoint's
+        # hyperparameters, which LightningCLI would otherwise impose over --model.noise on `qlit test`.
+        self.save_hyperparameters(ignore=list(RUN_CONDITIONS))
+        spec = CircuitSpec(
+            n_qubits, n_layers, ansatz, embedding, backend, diff_method, init_std, shots, noise, shot_gradient
         )
+        self.net = HybridNet(in_features, num_classes, spec, core=core)
         self.binary = num_classes == 2
         # Metrics accumulate per step and are logged once per epoch: `self.log` on every step costs
         # more than a training step of these small networks.
@@ -145,6 +167,16 @@ class HybridClassifier(L.LightningModule):
         """Label names, or ``"0"``, ``"1"``, … when none were given."""
         names = self.hparams.class_names
         return list(names) if names else [str(i) for i in range(self.hparams.num_classes)]
+
+    @property
+    def run_conditions(self) -> dict[str, Any]:
+        """The shots and noise this model runs under (``shots``, ``noise``, ``shot_gradient``)."""
+        spec = self.net.spec
+        return {"shots": spec.shots, "noise": dict(spec.noise), "shot_gradient": spec.shot_gradient}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Recorded beside the hyperparameters so a resumed fit can refuse to change them halfway.
+        checkpoint[RUN_CONDITIONS_KEY] = self.run_conditions
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits: shape ``(B,)`` for two classes, ``(B, num_classes)`` otherwise."""

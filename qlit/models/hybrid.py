@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from qlit.errors import QlitError
-from qlit.models.circuit import check_circuit
+from qlit.models.circuit import CircuitSpec
 from qlit.models.quantum_layer import QuantumLayer
 
 Core = Literal["quantum", "classical"]
@@ -26,27 +26,11 @@ class HybridNet(nn.Module):
     Args:
         in_features: Number of input features.
         num_classes: Number of classes; two give a single logit, more give one logit per class.
-        n_qubits: Width of the quantum layer.
-        n_layers: Number of entangling layers.
-        ansatz: ``"basic"`` or ``"strong"``.
-        embedding: Angle-embedding rotation, ``"X"``, ``"Y"`` or ``"Z"``.
-        backend: ``"qlit"`` (the default: qlit's exact statevector simulator) or a PennyLane device name.
-        diff_method: PennyLane differentiation method; ignored by the ``qlit`` backend.
-        core: ``"quantum"`` or ``"classical"``.
+        spec: The circuit (`CircuitSpec`), or its fields by name: ``HybridNet(4, 2, n_qubits=4, ansatz="strong")``.
+        core: ``"quantum"`` or ``"classical"`` (which ignores the circuit's backend, shots and noise).
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        num_classes: int,
-        n_qubits: int = 4,
-        n_layers: int = 2,
-        ansatz: str = "basic",
-        embedding: str = "X",
-        backend: str = "qlit",
-        diff_method: str = "backprop",
-        core: Core = "quantum",
-    ) -> None:
+    def __init__(self, in_features: int, num_classes: int, *spec: Any, core: Core = "quantum", **fields: Any) -> None:
         super().__init__()
         if in_features < 1:
             raise QlitError(f"in_features must be >= 1, got {in_features!r}")
@@ -54,10 +38,12 @@ class HybridNet(nn.Module):
             raise QlitError(f"num_classes must be >= 2, got {num_classes!r}")
         if core not in ("quantum", "classical"):
             raise QlitError(f"core must be 'quantum' or 'classical', got {core!r}")
-        check_circuit(n_qubits, n_layers, ansatz, embedding, simulated=core == "quantum")
+        spec = CircuitSpec.of(*spec, **fields)
+        self.spec = spec
+        n_qubits = spec.n_qubits
         self.pre = nn.Linear(in_features, n_qubits)
         if core == "quantum":
-            self.core: nn.Module = QuantumLayer(n_qubits, n_layers, ansatz, embedding, backend, diff_method)
+            self.core: nn.Module = QuantumLayer(spec)
         else:
             self.core = nn.Sequential(nn.Linear(n_qubits, n_qubits), nn.Tanh())
         self.post = nn.Linear(n_qubits, 1 if num_classes == 2 else num_classes)

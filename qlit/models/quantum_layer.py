@@ -9,34 +9,57 @@ another.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from qlit.errors import QlitError
-from qlit.models.circuit import check_circuit, init_weights, pennylane_circuit, weight_shape
+from qlit.models.circuit import CircuitSpec, init_weights, pennylane_circuit, pennylane_noisy_circuit, weight_shape
 from qlit.models.statevector import StatevectorCircuit, autocast_on
 
 FAST_BACKEND = "qlit"
+# PennyLane devices that simulate mixed states, so can apply noise channels.
+NOISE_DEVICES = ("default.mixed",)
+# Differentiation methods that need the exact state, so cannot differentiate sampled expectations.
+EXACT_ONLY_METHODS = ("backprop", "adjoint", "device")
 
 
-def _pennylane_layer(
-    n_qubits: int, n_layers: int, ansatz: str, embedding: str, backend: str, diff_method: str
-) -> nn.Module:
+def _pennylane_layer(spec: CircuitSpec) -> nn.Module:
     import pennylane as qml
 
+    backend, diff_method = spec.backend, spec.diff_method
+    if spec.noise and backend not in NOISE_DEVICES:
+        raise QlitError(
+            f"noise {dict(spec.noise)} needs a backend that simulates mixed states: 'qlit' or "
+            f"{', '.join(repr(d) for d in NOISE_DEVICES)}, not {backend!r}"
+        )
+    if spec.shots is not None and diff_method in EXACT_ONLY_METHODS:
+        raise QlitError(
+            f"diff_method {diff_method!r} cannot differentiate sampled expectation values (shots={spec.shots}) "
+            f"on {backend!r}: use --model.diff_method parameter-shift"
+        )
     try:
-        device = qml.device(backend, wires=n_qubits)
+        device = qml.device(backend, wires=spec.n_qubits)
     except Exception as err:  # PennyLane raises DeviceError, ImportError or others for unknown devices
         raise QlitError(f"cannot create PennyLane device {backend!r}: {str(err).splitlines()[0]}") from err
-    circuit = pennylane_circuit(n_qubits, ansatz, embedding)
+    if spec.noise:
+        circuit = pennylane_noisy_circuit(spec)
+    else:
+        circuit = pennylane_circuit(spec.n_qubits, spec.ansatz, spec.embedding)
     try:
         qnode = qml.QNode(circuit, device, interface="torch", diff_method=diff_method)
     except Exception as err:  # PennyLane checks the method's name, and whether this device supports it, here
         raise QlitError(
             f"diff_method {diff_method!r} does not work with PennyLane device {backend!r}: {str(err).splitlines()[0]}"
         ) from err
-    shapes = {"weights": weight_shape(n_qubits, n_layers, ansatz)}
-    return qml.qnn.TorchLayer(qnode, shapes, init_method={"weights": init_weights})
+    if spec.shots is not None:
+        qnode = qml.set_shots(qnode, shots=spec.shots)  # the device's own shots= is deprecated in PennyLane 0.45
+        # PennyLane's parameter-shift cannot differentiate a broadcast batch of inputs (NotImplementedError,
+        # PennyLane #4462): run one tape per sample, as a device would.
+        qnode = qml.transforms.broadcast_expand(qnode)
+    shapes = {"weights": weight_shape(spec.n_qubits, spec.n_layers, spec.ansatz)}
+    return qml.qnn.TorchLayer(qnode, shapes, init_method={"weights": lambda t: init_weights(t, spec.init_std)})
 
 
 class QuantumLayer(nn.Module):
@@ -49,32 +72,22 @@ class QuantumLayer(nn.Module):
     Lightning runs it and PyTorch advises.
 
     Args:
-        n_qubits: Number of wires, equal to the number of input features.
-        n_layers: Number of trainable entangling layers.
-        ansatz: ``"basic"`` (BasicEntanglerLayers) or ``"strong"`` (StronglyEntanglingLayers).
-        embedding: Angle-embedding rotation, ``"X"``, ``"Y"`` or ``"Z"``.
-        backend: ``"qlit"`` (the default) for the built-in statevector simulator, or a PennyLane device name.
-        diff_method: PennyLane differentiation method (``"backprop"``, ``"adjoint"``,
-            ``"parameter-shift"``, ``"best"``); ignored by the ``qlit`` backend, whose gradients are exact.
+        spec: The circuit (`CircuitSpec`), or its fields: ``QuantumLayer(4, 2, "strong", backend="qlit")``.
+            ``backend="qlit"`` is qlit's own simulator; any other name a PennyLane device (noise needs
+            ``default.mixed``; shots need a diff_method such as ``parameter-shift``).
     """
 
-    def __init__(
-        self,
-        n_qubits: int = 4,
-        n_layers: int = 2,
-        ansatz: str = "basic",
-        embedding: str = "X",
-        backend: str = "qlit",
-        diff_method: str = "backprop",
-    ) -> None:
+    def __init__(self, *spec: Any, **fields: Any) -> None:
         super().__init__()
-        check_circuit(n_qubits, n_layers, ansatz, embedding)
-        self.n_qubits = n_qubits
-        self.backend = backend
-        if backend == FAST_BACKEND:
-            self.circuit = StatevectorCircuit(n_qubits, n_layers, ansatz, embedding)
+        spec = CircuitSpec.of(*spec, **fields)
+        spec.check_simulable()
+        self.spec = spec
+        self.n_qubits = spec.n_qubits
+        self.backend = spec.backend
+        if spec.backend == FAST_BACKEND:
+            self.circuit = StatevectorCircuit(spec)
         else:
-            self.circuit = _pennylane_layer(n_qubits, n_layers, ansatz, embedding, backend, diff_method)
+            self.circuit = _pennylane_layer(spec)
 
     @property
     def weights(self) -> nn.Parameter:

@@ -16,23 +16,33 @@ arithmetic, decides the speed. What the simulator exploits:
 * with many qubits (7 and more, or 6 with a large batch) the gates are applied to the states
   instead, with ordinary autograd: the first layer still acts on the product state, and each later
   layer's rotations are applied a few wires at a time as one Kronecker-product matrix.
+
+Both paths need the sine and gradient tables of `_gate_tables`, which exist for ``basic`` and
+``strong``. Every other ansatz, and every circuit under gate noise or with finite shots, runs on the
+general gate-by-gate path of `qlit.models.gates` (autograd, density matrices, sampling). Exact
+expectations with readout error only stay on the fast paths: a bit flip with probability ``p`` scales
+⟨Z⟩ by ``1 - 2p``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from typing import Any
 
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from qlit.models.circuit import entangler_pairs, init_weights, weight_shape
+from qlit.models import gates as general
+from qlit.models.circuit import CircuitSpec, entangler_pairs, init_weights, weight_shape
 
 # The fused unitary costs O(4^n) memory and O(8^n) work per step whatever the batch. Measured on a
 # 2-core CPU (forward + backward): it wins at every batch size up to 5 qubits, below ~1000 samples at
 # 6 qubits, and never from 7 qubits on.
 FUSED_MAX_QUBITS = 6
+# The ansätze with hand-derived tables for the fused and the table-driven gate paths.
+TABLE_ANSATZES = ("basic", "strong")
 FUSED_MAX_BATCH_AT_MAX_QUBITS = 1024
 # Number of wires whose rotations are multiplied into one matrix before it touches the states.
 GROUP_WIRES = 4
@@ -210,33 +220,42 @@ class _FusedCircuit(torch.autograd.Function):
 
 
 class StatevectorCircuit(nn.Module):
-    """Angle embedding, entangling layers and ⟨Z⟩ of every wire, simulated exactly in PyTorch.
+    """Angle embedding, entangling layers and ⟨Z⟩ of every wire, simulated in PyTorch.
+
+    Exact, unless ``spec.shots`` asks for sampled estimates; a statevector, unless ``spec.noise`` has gate
+    channels, which need a density matrix.
 
     Args:
-        n_qubits: Number of wires (one input feature per wire).
-        n_layers: Number of trainable entangling layers.
-        ansatz: ``"basic"`` for BasicEntanglerLayers (RX weights), ``"strong"`` for
-            StronglyEntanglingLayers (Rot weights).
-        embedding: Rotation of the angle embedding: ``"X"``, ``"Y"`` or ``"Z"``.
+        spec: The circuit (`CircuitSpec`), or its fields: ``StatevectorCircuit(4, 2, "strong")``.
 
     Attributes:
         fused: ``None`` (default) lets `uses_fused` pick the cheaper path per batch; ``True`` or
             ``False`` forces the fused-unitary or the gate-by-gate path (the fused one only exists up
-            to ``FUSED_MAX_QUBITS`` qubits).
+            to ``FUSED_MAX_QUBITS`` qubits, and only for the ansätze with tables).
+        general: ``True`` forces the general gate-by-gate path (`qlit.models.gates`) for any circuit; it is
+            taken anyway for ansätze without tables, gate noise and shots.
 
     Shape:
         Input ``(..., n_qubits)`` angles; output ``(..., n_qubits)`` expectation values.
     """
 
-    def __init__(self, n_qubits: int, n_layers: int, ansatz: str = "basic", embedding: str = "X") -> None:
+    def __init__(self, *spec: Any, **fields: Any) -> None:
         super().__init__()
+        spec = CircuitSpec.of(*spec, **fields)
+        self.spec = spec
+        n_qubits, n_layers, ansatz, embedding = spec.n_qubits, spec.n_layers, spec.ansatz, spec.embedding
         self.n_qubits = n_qubits
         self.n_layers = n_layers
         self.ansatz = ansatz
         self.embedding = embedding
         self.fused: bool | None = None
-        self.weights = nn.Parameter(init_weights(torch.empty(weight_shape(n_qubits, n_layers, ansatz))))
+        self.general = False
+        self.weights = nn.Parameter(init_weights(torch.empty(weight_shape(n_qubits, n_layers, ansatz)), spec.init_std))
         self._cache: dict[tuple[torch.dtype, torch.device], dict[str, torch.Tensor]] = {}
+        self.program = general.GateProgram(spec)
+        if ansatz not in TABLE_ANSATZES:
+            self._buffer("perms", torch.zeros(1, dtype=torch.long))  # the device the constants live on
+            return
 
         bits = _bits(n_qubits)
         perms = [_cnot_permutation(n_qubits, pairs) for pairs in entangler_pairs(n_qubits, n_layers, ansatz)]
@@ -307,9 +326,14 @@ class StatevectorCircuit(nn.Module):
             self._cache[key] = constants
         return self._cache[key]
 
+    def uses_general(self) -> bool:
+        """Whether the circuit runs on the general gate-by-gate path (see ``general``)."""
+        spec = self.spec
+        return self.general or spec.ansatz not in TABLE_ANSATZES or spec.needs_density_matrix or spec.shots is not None
+
     def uses_fused(self, batch: int) -> bool:
         """Whether a batch of this size goes through the fused unitary (``self.fused`` overrides)."""
-        if self.n_qubits > FUSED_MAX_QUBITS:
+        if self.n_qubits > FUSED_MAX_QUBITS or self.uses_general():
             return False
         if self.fused is not None:
             return self.fused
@@ -322,10 +346,15 @@ class StatevectorCircuit(nn.Module):
         dtype = torch.promote_types(torch.promote_types(x.dtype, self.weights.dtype), torch.float32)
         x, weights = x.to(dtype), self.weights.to(dtype)
         with full_precision(x.device.type):
-            if self.uses_fused(x.shape[0]):
-                out = _FusedCircuit.apply(x, weights, self)
+            if self.uses_general():
+                out = general.run(self.program, x, weights)
             else:
-                out = self._apply_gates(x, weights, self._constants(dtype))
+                if self.uses_fused(x.shape[0]):
+                    out = _FusedCircuit.apply(x, weights, self)
+                else:
+                    out = self._apply_gates(x, weights, self._constants(dtype))
+                if self.spec.readout_error > 0:
+                    out = out * (1 - 2 * self.spec.readout_error)
         return out.reshape(*lead, self.n_qubits)
 
     def _gates(self, weights: torch.Tensor, c: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -171,3 +171,16 @@ def test_loader_falls_back_to_the_standard_path_where_it_cannot_index():
     assert not workers._indexes_batches() and not custom._indexes_batches()
     assert list(custom) == [4, 4, 2]
     assert [x.squeeze(-1).tolist() for x, _ in workers] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_genotype_file_labels_may_have_any_names(tmp_path):
+    path = tmp_path / "g.csv"
+    rows = [f"{'north' if i % 2 else 'south'}," + ",".join(str((i * j) % 3) for j in range(6)) for i in range(40)]
+    path.write_text("population," + ",".join(f"rs{j}" for j in range(6)) + "\n" + "\n".join(rows) + "\n")
+    dm = SNPDataModule(genotype_file=str(path), populations=["south", "north"], n_snps=6, n_components=2)
+    dm.setup("fit")
+    assert dm.class_names == ["south", "north"] and set(np.unique(dm.y)) == {0, 1}
+    with pytest.raises(QlitError, match="line 2: population 'south' is not one of AFR, EUR"):
+        SNPDataModule(genotype_file=str(path), populations=["AFR", "EUR"], n_snps=6, n_components=2).setup("fit")
+    with pytest.raises(QlitError, match="unknown population 'south'"):  # the simulator knows its five only
+        SNPDataModule(populations=["south", "north"])

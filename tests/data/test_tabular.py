@@ -44,7 +44,7 @@ def test_string_labels_default_features_and_ids(tmp_path):
     animals().to_csv("a.csv", index=False)
     dm = TabularDataModule(path="a.csv", target="species", id_column="name", num_folds=3)
     assert dm.class_names == ["cat", "dog"] and dm.num_classes == 2
-    assert dm.features == ["weight", "height", "age"], "id, target and the text column are not features"
+    assert dm.feature_columns == ["weight", "height", "age"], "id, target and the text column are not features"
     assert dm.num_features == dm.raw_features == 3
     dm.setup("fit")
     assert dm.x.shape == (60, 3) and dm.x.dtype == np.float64
@@ -77,7 +77,7 @@ def test_parquet_tsv_and_bom_csv_read_the_same_table(tmp_path):
     for other in ("a.parquet", "a.tsv", "bom.csv", "utf16.csv"):
         dm = TabularDataModule(path=other, target="species", id_column="name")
         dm.setup("fit")
-        assert dm.features == reference.features, other
+        assert dm.feature_columns == reference.feature_columns, other
         np.testing.assert_allclose(dm.x, reference.x, rtol=0, atol=1e-12, err_msg=other)
         assert np.array_equal(dm.y, reference.y) and list(dm.row_ids) == list(reference.row_ids)
     assert read_table("bom.csv").columns[0] == "name", "the byte-order mark must not stick to the first name"

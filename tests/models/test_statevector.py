@@ -56,7 +56,9 @@ def _assert_agrees(n_qubits, n_layers, ansatz, embedding, paths):
     cotangent = torch.randn(5, n_qubits, dtype=torch.float64)
     reference = _pennylane_reference(n_qubits, ansatz, embedding, circuit.weights, x, cotangent)
     for fused in paths:
-        circuit.fused = fused
+        # "general": the autograd gate-by-gate fallback every ansatz gets, forced even where tables exist.
+        circuit.general = fused == "general"
+        circuit.fused = None if circuit.general else fused
         for name, ours, theirs in zip(("output", "weight grad", "input grad"), _ours(circuit, x, cotangent), reference):
             assert ours.shape == theirs.shape
             error = (ours - theirs).abs().max().item()
@@ -65,13 +67,35 @@ def _assert_agrees(n_qubits, n_layers, ansatz, embedding, paths):
 
 @pytest.mark.parametrize("n_qubits,n_layers,ansatz,embedding", SMALL)
 def test_matches_pennylane_on_small_circuits(n_qubits, n_layers, ansatz, embedding):
-    _assert_agrees(n_qubits, n_layers, ansatz, embedding, paths=[True, False])
+    _assert_agrees(n_qubits, n_layers, ansatz, embedding, paths=[True, False, "general"])
 
 
 @pytest.mark.parametrize("n_qubits,n_layers,ansatz,embedding", LARGE)
 def test_matches_pennylane_on_larger_circuits(n_qubits, n_layers, ansatz, embedding):
     paths = [True, False] if n_qubits <= statevector.FUSED_MAX_QUBITS else [False]
-    _assert_agrees(n_qubits, n_layers, ansatz, embedding, paths)
+    _assert_agrees(n_qubits, n_layers, ansatz, embedding, paths + ["general"])
+
+
+@pytest.mark.parametrize("n_qubits,n_layers,embedding", [(5, 2, "X"), (7, 1, "Y")])
+def test_reupload_matches_pennylane_on_larger_circuits(n_qubits, n_layers, embedding):
+    _assert_agrees(n_qubits, n_layers, "reupload", embedding, ["general"])
+
+
+def test_only_ansatzes_with_tables_take_the_fast_paths():
+    assert set(statevector.TABLE_ANSATZES) < set(ANSATZES)
+    for ansatz in ANSATZES:
+        circuit = StatevectorCircuit(3, 2, ansatz)
+        assert circuit.uses_general() == (ansatz not in statevector.TABLE_ANSATZES)
+        assert circuit.uses_fused(8) == (ansatz in statevector.TABLE_ANSATZES)
+
+
+def test_reupload_uses_the_input_in_every_layer():
+    # The embedding before every layer: the output depends on x even where one embedding would be undone.
+    circuit = StatevectorCircuit(1, 2, "reupload", "X")
+    with torch.no_grad():
+        circuit.weights.zero_()
+    x = torch.tensor([[0.7]])
+    assert torch.allclose(circuit(x), torch.cos(2 * x), atol=1e-6)  # RX(x) RX(x) |0⟩
 
 
 def test_path_choice_follows_qubits_and_batch():

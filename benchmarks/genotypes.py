@@ -1,0 +1,221 @@
+"""PLINK input at 1000 Genomes scale: memory and time of per-fold QC + PCA, and agreement with references.
+
+On a simulated 2,504 x 1,000,000 fileset (written once by `qlit.data.genotype_sim`, about 600 MB of
+``.bed``, reused when present), each measurement in a child process of its own so its peak resident
+memory is its own:
+
+- ``read``: one full read of the ``.bed`` into int8 with bed-reader, the I/O floor;
+- ``folds``: building `qlit.data.PlinkDataModule` and ``setup("fit")`` for each of 5 folds (MAF filter,
+  standardisation and streamed randomized PCA on the training rows, every individual projected);
+- ``sklearn``: the same PCA against scikit-learn's ``PCA(svd_solver="randomized")`` and an exact
+  eigendecomposition on the first 50,000 SNPs (in memory as float64);
+- ``plink2``: ``plink2 --maf 0.01 --pca approx`` on the whole fileset against qlit's PCA fit on every
+  individual, if ``plink2`` is installed (Debian: ``apt-get install plink2``).
+
+Run it under the shared lock, one timing benchmark at a time on the machine:
+
+    flock /tmp/qlit-bench.lock python benchmarks/genotypes.py --data /work/bench_data/sim1kg_1m/sim1kg
+
+Ratios are measured in one run; absolute times depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux reports KiB
+
+
+def _abs_corr(a: np.ndarray, b: np.ndarray) -> list[float]:
+    return [float(abs(np.corrcoef(a[:, k], b[:, k])[0, 1])) for k in range(a.shape[1])]
+
+
+def stage_read(prefix: str, **_) -> dict:
+    from bed_reader import open_bed
+
+    start = time.perf_counter()
+    x = open_bed(f"{prefix}.bed").read(dtype="int8")
+    return {"seconds": time.perf_counter() - start, "shape": list(x.shape), "peak_rss_gb": _peak_rss_gb()}
+
+
+def stage_folds(prefix: str, folds: int, n_components: int, **_) -> dict:
+    from qlit.data.plink import PlinkDataModule
+
+    times, kept = [], []
+    start = time.perf_counter()
+    for fold in range(folds):
+        t0 = time.perf_counter()
+        dm = PlinkDataModule(f"{prefix}.bed", f"{prefix}.panel", n_components=n_components, num_folds=folds, fold=fold)
+        dm.setup("fit")
+        times.append(time.perf_counter() - t0)
+        kept.append(dm.raw_features)
+    total = time.perf_counter() - start
+    t0 = time.perf_counter()
+    dm.fileset.sha256()
+    return {
+        "seconds": total,
+        "per_fold": times,
+        "snps_kept": kept,
+        "hash_seconds": time.perf_counter() - t0,
+        "peak_rss_gb": _peak_rss_gb(),
+    }
+
+
+def _qlit_pca_all_rows(read, n_snps: int, n_rows: int, n_components: int, min_maf: float):
+    from qlit.data.genotype_pca import fit_genotype_pca
+
+    start = time.perf_counter()
+    fit = fit_genotype_pca(read, n_snps, np.arange(n_rows), n_components, min_maf=min_maf)
+    return fit, time.perf_counter() - start
+
+
+def stage_sklearn(prefix: str, subset: int, n_components: int, min_maf: float, **_) -> dict:
+    from bed_reader import open_bed
+    from sklearn.decomposition import PCA
+
+    g = open_bed(f"{prefix}.bed").read(index=np.s_[:, :subset], dtype="int8", order="C")
+
+    def read(rows, start, stop):
+        return g[rows, start:stop]
+
+    fit, ours = _qlit_pca_all_rows(read, subset, len(g), n_components, min_maf)
+    x = g[:, fit.keep].astype(np.float64)
+    x = np.where(x < 0, 0.0, (x - fit.mean) / fit.scale)  # the same QC and standardisation
+    start = time.perf_counter()
+    scores = PCA(n_components=n_components, svd_solver="randomized", random_state=0).fit_transform(x)
+    theirs = time.perf_counter() - start
+    start = time.perf_counter()
+    values, vectors = np.linalg.eigh(x @ x.T)  # exact: the Gram matrix of 2,504 rows is small
+    exact_seconds = time.perf_counter() - start
+    exact = vectors[:, ::-1][:, :n_components] * np.sqrt(np.maximum(values[::-1][:n_components], 0))
+    return {
+        "snps": subset,
+        "snps_kept": int(len(fit.keep)),
+        "qlit_seconds": ours,
+        "sklearn_seconds": theirs,
+        "exact_seconds": exact_seconds,
+        "qlit_vs_sklearn_abs_corr": _abs_corr(fit.scores, scores),
+        "qlit_vs_exact_abs_corr": _abs_corr(fit.scores, exact),
+        "sklearn_vs_exact_abs_corr": _abs_corr(scores, exact),
+    }
+
+
+def stage_plink2(prefix: str, n_components: int, min_maf: float, **_) -> dict:
+    exe = shutil.which("plink2")
+    if exe is None:
+        return {"available": False, "why": "plink2 not installed (Debian: apt-get install plink2)"}
+    from qlit.data.plink import PlinkFileset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [exe, "--bfile", prefix, "--maf", str(min_maf), "--pca", "approx", str(n_components),
+                   "--threads", str(os.cpu_count()), "--out", f"{tmp}/pca"]
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        theirs = time.perf_counter() - start
+        if done.returncode != 0:
+            failed = done.stdout[-2000:] + done.stderr[-2000:]
+            return {"available": True, "failed": failed, "command": " ".join(command)}
+        lines = Path(f"{tmp}/pca.eigenvec").read_text().splitlines()
+    fileset = PlinkFileset(f"{prefix}.bed")
+    order = {iid: i for i, iid in enumerate(fileset.iid)}
+    header = lines[0].split()
+    iid_col = header.index("IID")
+    rows = [line.split() for line in lines[1:]]
+    vectors = np.zeros((len(rows), n_components))
+    for r in rows:
+        vectors[order[r[iid_col]]] = [float(v) for v in r[iid_col + 1 : iid_col + 1 + n_components]]
+    fit, ours = _qlit_pca_all_rows(fileset.read, fileset.n_snps, fileset.n_individuals, n_components, min_maf)
+    return {
+        "available": True,
+        "version": subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip(),
+        "plink2_seconds": theirs,
+        "qlit_seconds": ours,
+        "qlit_vs_plink2_abs_corr": _abs_corr(fit.scores, vectors),
+        "peak_rss_gb": _peak_rss_gb(),
+    }
+
+
+STAGES = {"read": stage_read, "folds": stage_folds, "sklearn": stage_sklearn, "plink2": stage_plink2}
+
+
+def _child(stage: str, args: argparse.Namespace) -> dict:
+    command = [sys.executable, __file__, "--stage", stage, "--data", args.data, "--folds", str(args.folds),
+               "--n-components", str(args.n_components), "--subset", str(args.subset), "--min-maf", str(args.min_maf)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"stage {stage} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="/work/bench_data/sim1kg_1m/sim1kg", help="fileset prefix (made if absent)")
+    parser.add_argument("--snps", type=int, default=1_000_000, help="SNPs of a fileset made here")
+    parser.add_argument("--individuals", type=int, default=2504)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--n-components", type=int, default=4)
+    parser.add_argument("--subset", type=int, default=50_000, help="SNPs of the scikit-learn comparison")
+    parser.add_argument("--min-maf", type=float, default=0.01)
+    parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.stage:
+        print(json.dumps(STAGES[args.stage](args.data, folds=args.folds, n_components=args.n_components,
+                                            subset=args.subset, min_maf=args.min_maf)))
+        return
+    if not Path(f"{args.data}.bed").exists():
+        from qlit.data.genotype_sim import write_fileset
+
+        start = time.perf_counter()
+        write_fileset(args.data, args.individuals, args.snps)
+        print(f"wrote {args.data}.bed in {time.perf_counter() - start:.0f} s")
+    size = Path(f"{args.data}.bed").stat().st_size
+    print(f"fileset {args.data}: {size / 1e6:.0f} MB .bed; {os.cpu_count()} CPUs")
+    results = {stage: _child(stage, args) for stage in ("read", "folds", "sklearn", "plink2")}
+    read, folds, sk, p2 = (results[s] for s in ("read", "folds", "sklearn", "plink2"))
+    rows, snps = read["shape"]
+    print(f"\n| {rows:,} x {snps:,}, {args.folds} folds, n_components={args.n_components} | seconds | peak RSS |")
+    print("|---|---|---|")
+    print(f"| one full read of the .bed (int8, the I/O floor) | {read['seconds']:.1f} | {read['peak_rss_gb']:.2f} GB |")
+    print(f"| load + QC + PCA, all {args.folds} folds | {folds['seconds']:.1f} "
+          f"({folds['seconds'] / read['seconds']:.1f}x the floor) | {folds['peak_rss_gb']:.2f} GB |")
+    print(f"| per fold | {', '.join(f'{t:.1f}' for t in folds['per_fold'])} | |")
+    print(f"| SHA-256 of .bed/.bim/.fam (split identity, once per setup) | {folds['hash_seconds']:.1f} | |")
+    print(f"\nSNPs kept by min_maf={args.min_maf}: {folds['snps_kept']}")
+    corr = ", ".join(f"{c:.4f}" for c in sk["qlit_vs_sklearn_abs_corr"])
+    exact = ", ".join(f"{c:.4f}" for c in sk["qlit_vs_exact_abs_corr"])
+    sk_exact = ", ".join(f"{c:.4f}" for c in sk["sklearn_vs_exact_abs_corr"])
+    ratio = sk["qlit_seconds"] / sk["sklearn_seconds"]
+    print(f"\n{rows:,} x {sk['snps']:,} ({sk['snps_kept']:,} kept): qlit {sk['qlit_seconds']:.1f} s, scikit-learn "
+          f"randomized {sk['sklearn_seconds']:.1f} s (time ratio qlit/sklearn {ratio:.2f}), "
+          f"exact eigh {sk['exact_seconds']:.1f} s")
+    print(f"  |corr| per component: qlit vs sklearn {corr}; qlit vs exact {exact}; sklearn vs exact {sk_exact}")
+    if not p2.get("available"):
+        print(f"\nplink2: {p2['why']}")
+    elif "failed" in p2:
+        print(f"\nplink2 failed ({p2['command']}):\n{p2['failed']}")
+    else:
+        corr = ", ".join(f"{c:.4f}" for c in p2["qlit_vs_plink2_abs_corr"])
+        print(f"\n{p2['version']}: --pca approx {p2['plink2_seconds']:.1f} s; "
+              f"qlit on all rows {p2['qlit_seconds']:.1f} s "
+              f"(time ratio qlit/plink2 {p2['qlit_seconds'] / p2['plink2_seconds']:.2f}); |corr| per component {corr}")
+    print("\n" + json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

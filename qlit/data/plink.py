@@ -1,0 +1,411 @@
+"""Real genotype data: a PLINK fileset (``.bed/.bim/.fam``) labelled by a sample sheet, PCA per fold.
+
+The fileset is read with bed-reader, a block of SNPs at a time, as int8; per fold, a minor-allele-
+frequency filter, the ``2p`` / ``sqrt(2p(1 - p))`` standardisation and a streamed randomized PCA are
+fit on the training rows only (`qlit.data.genotype_pca`), and every individual is projected onto
+the fold's components. The fitted state is kept as the plain PCA + scaler tensors of
+`qlit.data.preprocessing.Preprocessor` (``pca_mean`` is ``2p``, ``pca_components`` the loadings over
+the scales), so checkpoints, `qlit.load_model` and INT8 artifacts take it as they take any other,
+plus the kept SNPs' ids and alleles, by which new filesets are matched at predict time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from qlit.data.base import KFoldDataModule, _sha256
+from qlit.data.genotype_pca import fit_genotype_pca, project_genotypes
+from qlit.data.preprocessing import Preprocessor
+from qlit.data.sampling import TensorLoader
+from qlit.data.tables import read_table
+from qlit.errors import QlitError
+from qlit.io.files import check_regular_file
+
+BED_MAGIC = b"\x6c\x1b"
+
+
+class PlinkFileset:
+    """A checked PLINK fileset: the ``.bed`` with its ``.bim`` and ``.fam``, read lazily with bed-reader.
+
+    Args:
+        bed_file: The ``.bed``; the ``.bim`` and ``.fam`` of the same name must be beside it.
+        what: What the fileset is, for messages (``"bed_file"``, ``"predict file"``).
+
+    Raises:
+        QlitError: a file is missing, the ``.bed`` is not a SNP-major PLINK file, or its size does not
+            match the individuals of the ``.fam`` and SNPs of the ``.bim`` (truncated or mismatched).
+    """
+
+    def __init__(self, bed_file: str | Path, what: str = "bed_file") -> None:
+        from bed_reader import open_bed  # imported here: only PLINK input needs it
+
+        bed = Path(bed_file)
+        check_regular_file(bed, what, "a regular file: give the .bed of a PLINK fileset")
+        stem = str(bed)[: -len(bed.suffix)] if bed.suffix.lower() == ".bed" else str(bed)
+        self.bed, self.bim, self.fam = bed, Path(stem + ".bim"), Path(stem + ".fam")
+        for part in (self.bim, self.fam):
+            if not part.exists():
+                raise QlitError(f"{what} {bed}: no {part} beside it (a PLINK .bed needs its .bim and .fam)")
+            check_regular_file(part, f"{what} {bed}: its", "a regular file")
+        with bed.open("rb") as handle:
+            head = handle.read(3)
+        if head[:2] != BED_MAGIC:
+            raise QlitError(f"{what} {bed} is not a PLINK .bed file (it does not start with the bytes 6c 1b)")
+        if head[2:] != b"\x01":
+            raise QlitError(f"{what} {bed} is an individual-major .bed (PLINK 1.0); rewrite it with plink --make-bed")
+        try:
+            self._open = open_bed(bed, fam_location=self.fam, bim_location=self.bim, skip_format_check=True)
+            self.iid = [str(v) for v in self._open.iid]
+            self.sid = [str(v) for v in self._open.sid]
+            self.allele_1 = [str(v) for v in self._open.allele_1]
+            self.allele_2 = [str(v) for v in self._open.allele_2]
+        except (ValueError, OSError, IndexError) as err:
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise QlitError(f"{what} {bed}: its .fam or .bim cannot be read ({message})") from None
+        self.n_individuals, self.n_snps = len(self.iid), len(self.sid)
+        if self.n_individuals == 0 or self.n_snps == 0:
+            empty = self.fam if self.n_individuals == 0 else self.bim
+            raise QlitError(f"{what} {bed}: {empty} lists no {'individual' if empty == self.fam else 'SNP'}")
+        expected = 3 + self.n_snps * ((self.n_individuals + 3) // 4)
+        size = bed.stat().st_size
+        if size != expected:
+            state = "truncated" if size < expected else "longer than its .bim and .fam say"
+            raise QlitError(
+                f"{what} {bed} is {state}: {size} bytes, but {self.n_individuals} individuals x {self.n_snps} "
+                f"SNPs need {expected}"
+            )
+
+    def read(self, rows: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """int8 allele-1 counts of ``rows`` at SNPs ``start:stop`` (-127 for a missing call)."""
+        return self._open.read(index=np.s_[np.asarray(rows), start:stop], dtype="int8", order="F")  # .bed order: fast
+
+    def read_snps(self, rows: np.ndarray, snps: np.ndarray) -> np.ndarray:
+        """int8 allele-1 counts of ``rows`` at the SNP indices ``snps``."""
+        return self._open.read(index=np.s_[np.asarray(rows), np.asarray(snps)], dtype="int8", order="F")
+
+    def sha256(self) -> str:
+        """Hex SHA-256 of the three files' bytes, read in chunks."""
+        digest = hashlib.sha256()
+        for path in (self.bed, self.bim, self.fam):
+            with path.open("rb") as handle:
+                while chunk := handle.read(1 << 24):
+                    digest.update(chunk)
+            digest.update(b"\0")
+        return digest.hexdigest()
+
+
+def read_sample_sheet(path: str | Path, sample_column: str, label_column: str) -> dict[str, str]:
+    """Sample id -> label from a sample sheet (the 1000 Genomes panel: ``sample pop super_pop gender``).
+
+    Args:
+        path: CSV, TSV or whitespace-separated text with a header row.
+        sample_column: The column of sample ids (matched to the ``.fam`` IID).
+        label_column: The column of labels.
+
+    Raises:
+        QlitError: the file cannot be read, lacks a named column, or lists a sample twice.
+    """
+    table = read_table(path, "labels_file", text_cells=True)
+    if len(table.frame) == 0:
+        raise QlitError(f"labels_file {path}: no samples (expected a header row and one row per sample)")
+    table.require(sample_column, "the sample_column")
+    table.require(label_column, "the label_column")
+    samples, labels = table.frame[sample_column].tolist(), table.frame[label_column].tolist()
+    seen: dict[str, int] = {}
+    for row, sample in enumerate(samples):
+        if sample in seen:
+            raise QlitError(f"labels_file {path}: sample {sample!r} appears twice ({table.where(row)})")
+        seen[sample] = row
+    return {s: lab for s, lab in zip(samples, labels) if lab != ""}
+
+
+class PlinkDataModule(KFoldDataModule):
+    """Individuals of a PLINK fileset labelled by a sample sheet, reduced per fold by streamed PCA.
+
+    Per fold, on the training rows only: SNPs with minor-allele frequency below ``min_maf`` are
+    dropped, the rest centred by ``2p`` and scaled by ``sqrt(2p(1 - p))``, a missing call imputed
+    with the training mean, and the leading ``n_components`` principal components found by a
+    randomized solver that reads the ``.bed`` a block of SNPs at a time. The scores are then
+    standardised (scaler fit on the training rows), one feature per qubit.
+
+    Args:
+        bed_file: The ``.bed`` of a PLINK fileset; its ``.bim`` and ``.fam`` lie beside it.
+        labels_file: Sample sheet with a header row (CSV, TSV or whitespace-separated), e.g. the
+            1000 Genomes ``integrated_call_samples_v3.20130502.ALL.panel``.
+        sample_column: Column of sample ids, matched to the ``.fam`` IID.
+        label_column: Column of labels, e.g. ``super_pop`` or ``pop``; any label names.
+        populations: Labels to keep, in this order (others are left out); default all, sorted.
+        n_components: Principal components kept, one per qubit.
+        min_maf: Smallest minor-allele frequency (on the training rows) of a kept SNP, in ``[0, 0.5)``.
+        block_snps: SNPs read at a time; memory is about ``individuals x block_snps x 5`` bytes.
+        pca_iterations: Power iterations of the randomized PCA (more: closer to exact, slower).
+        cache_gb: Training genotypes up to this size (int8: individuals x SNPs bytes) are read once
+            per fold and kept for the PCA's passes; larger ones are re-read from the ``.bed`` each pass.
+        **kwargs: Split, batch and predict options of `KFoldDataModule`; ``predict_file`` is the
+            ``.bed`` of new individuals, whose SNPs are matched by id (swapped alleles flipped,
+            absent SNPs imputed with the training mean).
+    """
+
+    def __init__(
+        self,
+        bed_file: str,
+        labels_file: str,
+        sample_column: str = "sample",
+        label_column: str = "super_pop",
+        populations: list[str] | None = None,
+        n_components: int = 4,
+        min_maf: float = 0.01,
+        block_snps: int = 8192,
+        pca_iterations: int = 4,
+        cache_gb: float = 3.0,
+        **kwargs,
+    ) -> None:
+        if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
+            raise QlitError(f"n_components must be an integer >= 1, got {n_components!r}")
+        if not 0 <= min_maf < 0.5:
+            raise QlitError(f"min_maf must be in [0, 0.5), got {min_maf!r}")
+        if isinstance(block_snps, bool) or not isinstance(block_snps, int) or block_snps < 1:
+            raise QlitError(f"block_snps must be an integer >= 1, got {block_snps!r}")
+        if isinstance(pca_iterations, bool) or not isinstance(pca_iterations, int) or pca_iterations < 0:
+            raise QlitError(f"pca_iterations must be an integer >= 0, got {pca_iterations!r}")
+        self.bed_file, self.labels_file = str(bed_file), str(labels_file)
+        self.sample_column, self.label_column = sample_column, label_column
+        self.n_components, self.min_maf = n_components, min_maf
+        if not cache_gb >= 0:
+            raise QlitError(f"cache_gb must be >= 0, got {cache_gb!r}")
+        self.block_snps, self.pca_iterations, self.cache_gb = block_snps, pca_iterations, cache_gb
+        self.fileset = PlinkFileset(bed_file)
+        sheet = read_sample_sheet(labels_file, sample_column, label_column)
+        labelled = [i for i, iid in enumerate(self.fileset.iid) if iid in sheet]
+        if not labelled:
+            raise QlitError(
+                f"labels_file {labels_file}: no {sample_column!r} matches an individual (IID) of {self.fileset.fam} "
+                f"(the .fam starts {', '.join(self.fileset.iid[:3])}; the sheet {', '.join(list(sheet)[:3])})"
+            )
+        found = sorted({sheet[self.fileset.iid[i]] for i in labelled})
+        if populations is None:
+            chosen = found
+        else:
+            chosen = [str(p) for p in populations]
+            if len(set(chosen)) != len(chosen) or len(chosen) < 2:
+                raise QlitError(f"populations must name at least two different labels, got {chosen}")
+            unknown = [p for p in chosen if p not in found]
+            if unknown:
+                shown = ", ".join(found[:30]) + (", …" if len(found) > 30 else "")
+                raise QlitError(
+                    f"population {unknown[0]!r} labels no individual of {self.fileset.bed} in column "
+                    f"{label_column!r} of {labels_file} (it holds {shown})"
+                )
+        if len(chosen) < 2:
+            raise QlitError(
+                f"labels_file {labels_file}: column {label_column!r} holds one label ({chosen[0]!r}); a classifier "
+                "needs two"
+            )
+        unlabelled = self.fileset.n_individuals - len(labelled)
+        if unlabelled:
+            print(
+                f"qlit: {unlabelled} of {self.fileset.n_individuals} individuals of {self.fileset.fam} have no "
+                f"{label_column!r} in {labels_file} and are left out",
+            )
+        keep = [i for i in labelled if sheet[self.fileset.iid[i]] in chosen]
+        self.rows = np.asarray(keep, dtype=np.int64)  # .fam rows of the individuals used
+        self.row_labels = np.array([chosen.index(sheet[self.fileset.iid[i]]) for i in keep], dtype=np.int64)
+        self.populations = chosen
+        self.class_names = chosen
+        self.num_classes = len(chosen)
+        self.num_features = n_components
+        self.raw_features = self.fileset.n_snps  # until setup: then the SNPs kept by the fold's QC
+        self.snps: dict[str, list[str]] = {}
+        self._file_sha256: str | None = None
+        self._predict_features: torch.Tensor | None = None
+        super().__init__(**kwargs)
+
+    def make_preprocessor(self) -> Preprocessor:
+        return Preprocessor(n_components=self.n_components)
+
+    def describe_source(self) -> dict[str, Any]:
+        return {
+            "bed_file": self.bed_file,
+            "labels_file": self.labels_file,
+            "label_column": self.label_column,
+            "populations": list(self.populations),
+        }
+
+    def source_name(self) -> str:
+        return f"{self.labels_file} (column {self.label_column!r})"
+
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError("PlinkDataModule streams the .bed in setup(); it has no in-memory load()")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.x is None:
+            y = self.row_labels
+            indices = self.split(y)
+            if getattr(self, "inner_folds", None) is not None:  # nested cv (qlit tune): as the base class splits
+                indices = self.inner_split(y, indices)
+            train, n_train = indices["train"], len(indices["train"])
+            if self.n_components >= n_train:
+                raise QlitError(
+                    f"n_components={self.n_components} is not below the {n_train} training rows of fold {self.fold} "
+                    f"(PCA of n rows has at most n - 1 informative components); use n_components <= {n_train - 1} "
+                    "or more data"
+                )
+            others = np.setdiff1d(np.arange(len(y)), train)
+            fit = fit_genotype_pca(
+                self.fileset.read,
+                self.fileset.n_snps,
+                self.rows[train],
+                self.n_components,
+                min_maf=self.min_maf,
+                project=self.rows[others],
+                block_snps=self.block_snps,
+                power_iterations=self.pca_iterations,
+                seed=self.split_seed,
+                on_kept=self._check_kept,
+                cache_bytes=int(self.cache_gb * 2**30),
+            )
+            scores = np.empty((len(y), self.n_components))
+            scores[train], scores[others] = fit.scores, fit.projected
+            train_scores = fit.scores
+            std = train_scores.std(axis=0)
+            self.preprocessor.state = {
+                "pca_mean": torch.from_numpy(fit.mean),
+                "pca_components": torch.from_numpy(fit.components()),
+                "scale_mean": torch.from_numpy(train_scores.mean(axis=0)),
+                "scale_std": torch.from_numpy(np.where(std > 0, std, 1.0)),
+            }
+            self.snps = {
+                "id": [self.fileset.sid[j] for j in fit.keep],
+                "allele_1": [self.fileset.allele_1[j] for j in fit.keep],
+                "allele_2": [self.fileset.allele_2[j] for j in fit.keep],
+            }
+            self.raw_features = len(fit.keep)
+            self.x, self.y, self.indices = scores, y, indices
+            self._split_identity = None
+        if stage == "predict" and self.predict_file is not None:
+            self._predict_fileset = PlinkFileset(self.predict_file, "predict file")
+            self._predict_features = None
+
+    def _check_kept(self, kept: int) -> None:
+        if kept == 0:
+            raise QlitError(
+                f"min_maf={self.min_maf} filters out every SNP of {self.fileset.bed} on the training rows of fold "
+                f"{self.fold}; use a smaller min_maf"
+            )
+        if self.n_components > kept:
+            raise QlitError(
+                f"n_components={self.n_components} is more than the {kept} SNPs of {self.fileset.bed} left after "
+                f"min_maf={self.min_maf}; use n_components <= {kept}"
+            )
+
+    def _features(self, scores: np.ndarray | torch.Tensor) -> torch.Tensor:
+        state = self.preprocessor.state
+        return ((torch.as_tensor(scores, dtype=torch.float64) - state["scale_mean"]) / state["scale_std"]).float()
+
+    def _dataset(self, split: str) -> TensorDataset:
+        rows = self.indices[split]
+        return TensorDataset(self._features(self.x[rows]), torch.as_tensor(self.y[rows]))
+
+    def pca_scores(self) -> np.ndarray | None:
+        """Every individual on the fold's first two principal components (fit on its training rows)."""
+        if self.x is None or self.n_components < 2:
+            return None
+        return np.array(self.x[:, :2])
+
+    def predict_dataloader(self) -> TensorLoader:
+        if self.predict_file is None:
+            self.predict_ids = [self.fileset.iid[self.rows[i]] for i in self.indices["test"]]
+            return self._loader(TensorDataset(self._dataset("test").tensors[0]))
+        if self._predict_features is None:
+            self._predict_features = self._project_new(self._predict_fileset)
+        return self._loader(TensorDataset(self._predict_features))
+
+    def check_predict_file(self, saved: dict[str, Any] | None) -> None:
+        """Refuse a predict file sharing no SNP with the checkpoint's (preflight runs it before writing anything).
+
+        Args:
+            saved: The checkpoint's state of this data module (``None``: check against the fitted state).
+        """
+        if self.predict_file is None:
+            return
+        snps = saved.get("snps") if isinstance(saved, dict) else None
+        self._match(self._predict_fileset, snps if isinstance(snps, dict) else self.snps)
+
+    def _match(self, new: PlinkFileset, snps: dict[str, list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Columns of ``new`` holding the model's SNPs: (columns, model SNP indices, swapped alleles, other alleles)."""
+        ids, a1, a2 = snps["id"], snps["allele_1"], snps["allele_2"]
+        where = {sid: j for j, sid in enumerate(new.sid)}
+        columns, fitted, flip, other_alleles = [], [], [], 0
+        for k, sid in enumerate(ids):
+            j = where.get(sid)
+            if j is None:
+                continue
+            if (new.allele_1[j], new.allele_2[j]) == (a1[k], a2[k]):
+                swapped = False
+            elif (new.allele_1[j], new.allele_2[j]) == (a2[k], a1[k]):
+                swapped = True
+            else:
+                other_alleles += 1
+                continue
+            columns.append(j)
+            fitted.append(k)
+            flip.append(swapped)
+        if not columns:
+            raise QlitError(
+                f"predict file {new.bed} shares no SNP with the {len(ids)} SNPs the model was trained on "
+                f"(matched by SNP id and alleles; the model's start {', '.join(ids[:3])}, the file's "
+                f"{', '.join(new.sid[:3])})"
+            )
+        return np.asarray(columns), np.asarray(fitted), np.asarray(flip, dtype=bool), other_alleles
+
+    def _project_new(self, new: PlinkFileset) -> torch.Tensor:
+        """Features of every individual of ``new`` under the fitted (or checkpoint-restored) state."""
+        state = self.preprocessor.state
+        columns, fitted, flip, other_alleles = self._match(new, self.snps)
+        ids = self.snps["id"]
+        absent = len(ids) - len(columns)
+        print(
+            f"qlit: {new.bed}: {len(columns)} of the model's {len(ids)} SNPs found ({int(flip.sum())} with swapped "
+            f"alleles, flipped); {absent} absent{f' or with other alleles ({other_alleles})' if other_alleles else ''}"
+            ", imputed with the training mean",
+        )
+        order = np.argsort(columns)  # bed-reader reads increasing SNP indices fastest
+        columns, fitted, flip = columns[order], fitted[order], flip[order]
+        mean = state["pca_mean"].numpy()[fitted]
+        components = state["pca_components"].numpy()[:, fitted]
+
+        def read(rows: np.ndarray, start: int, stop: int) -> np.ndarray:
+            g = new.read_snps(rows, columns[start:stop])
+            swap = flip[start:stop] & (g >= 0)
+            return np.where(swap, 2 - g, g).astype(np.int8)
+
+        rows = np.arange(new.n_individuals)
+        scores = project_genotypes(read, rows, len(columns), mean, components, self.block_snps)
+        self.predict_ids = list(new.iid)
+        return self._features(scores)
+
+    def data_sha256(self) -> str:
+        """The fileset's bytes, the labels and which individuals of the ``.fam`` are used."""
+        if self._file_sha256 is None:
+            self._file_sha256 = self.fileset.sha256()
+        return hashlib.sha256((self._file_sha256 + _sha256(self.rows, self.y)).encode()).hexdigest()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base state plus the kept SNPs' ids and alleles (lists of str), which predict matches on."""
+        return {**super().state_dict(), "snps": {key: list(value) for key, value in self.snps.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        snps = state_dict.get("snps")
+        if not isinstance(snps, dict) or sorted(snps) != ["allele_1", "allele_2", "id"]:
+            raise QlitError("the checkpoint's PlinkDataModule state lacks the SNP ids and alleles of its training fold")
+        width = self.preprocessor.in_features
+        if any(len(snps[key]) != width for key in snps):
+            raise QlitError(f"the checkpoint's SNP list does not match its preprocessing of {width} SNPs")
+        self.snps = {key: [str(v) for v in value] for key, value in snps.items()}

@@ -1,0 +1,209 @@
+"""``qlit robustness``: one trained checkpoint scored on its test fold over a grid of noise levels and shot counts.
+
+Each cell rebuilds the checkpoint's model with one gate-noise level (``channel``, after every gate) and
+one shot count (``null``: exact expectation values), loads the trained weights and scores the test fold
+the checkpoint was trained beside (the split is checked, as ``qlit test`` checks it). With shots the
+score is random: every cell is repeated ``repeats`` times from seeds ``seed, seed + 1, ...`` and the
+table gives the mean and standard deviation. The grid replaces the config's own ``noise`` and ``shots``.
+
+Reference lines: the checkpoint's own accuracy, exact and noiseless, and the classical twin's, read from
+a twin checkpoint (``--twin_ckpt``: the same config trained with ``--model.core classical`` on
+the same fold; its split is checked too). Nothing is trained here, so without one the twin line is left
+out and the report says so.
+
+Writes ``robustness.json``, ``robustness.md`` and ``robustness.png`` into ``<run>/robustness`` (or
+``robustness_1``, ... when that exists).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qlit.errors import QlitError
+from qlit.evaluation.plots import PALETTE, _figure, _title, save_png
+from qlit.export.artifact import classifier_from_hparams
+from qlit.io.checkpoints import check_checkpoint_content, load_checkpoint
+from qlit.io.preflight import check_checkpoint_fits, check_split
+from qlit.io.runs import unused_path
+from qlit.models.circuit import CHANNELS, CircuitSpec
+
+DEFAULT_LEVELS = (0.0, 0.001, 0.01, 0.05)
+DEFAULT_SHOTS: tuple[int | None, ...] = (None, 1000, 100)
+
+
+def check_grid(channel: str, levels: Sequence[float], shots: Sequence[int | None], repeats: int) -> None:
+    """Raise a `QlitError` naming the first bad grid setting (validated as model options are)."""
+    if channel not in CHANNELS:
+        raise QlitError(f"channel {channel!r} is not a gate channel; qlit knows {', '.join(CHANNELS)}")
+    if not levels or not shots:
+        raise QlitError("robustness needs at least one noise level and one shot setting")
+    for level in levels:
+        CircuitSpec(noise={channel: level})
+    for count in shots:
+        CircuitSpec(shots=count)
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise QlitError(f"repeats must be an integer >= 1, got {repeats!r}")
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, loader: Any) -> float:
+    """Fraction of correctly classified samples of ``loader`` (binary: logit > 0 is class 1)."""
+    correct = total = 0
+    for x, y in loader:
+        logits = model(x)
+        predicted = (logits > 0).long() if logits.dim() == 1 else logits.argmax(-1)
+        correct += int((predicted == y).sum())
+        total += len(y)
+    return correct / total
+
+
+def _scored_checkpoint(path: Path, datamodule: Any, core: str | None = None) -> tuple[dict[str, Any], Any]:
+    """A checked checkpoint and the model it builds, refused unless it was trained on ``datamodule``'s split."""
+    checkpoint = load_checkpoint(path)
+    check_checkpoint_content(checkpoint, path, resume=False)
+    hparams = checkpoint["hyper_parameters"]
+    if core is not None and hparams.get("core") != core:
+        raise QlitError(f"{path}: --twin_ckpt must be a classical twin (core=classical), not {hparams.get('core')!r}")
+    model = classifier_from_hparams(hparams)
+    check_checkpoint_fits(checkpoint, path, model, datamodule, "test")
+    check_split(checkpoint, path, datamodule, "test")
+    return checkpoint, model
+
+
+def run_robustness(
+    checkpoint_path: Path,
+    datamodule: Any,
+    channel: str = "depolarizing",
+    levels: Sequence[float] = DEFAULT_LEVELS,
+    shots: Sequence[int | None] = DEFAULT_SHOTS,
+    repeats: int = 3,
+    seed: int = 0,
+    twin_ckpt: str | Path | None = None,
+    out_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Score one checkpoint over ``levels`` × ``shots``; write the table, JSON and figure.
+
+    Args:
+        checkpoint_path: A checked Lightning checkpoint of a quantum model.
+        datamodule: The config's data module (set up here); its test fold is scored.
+        channel: Gate channel whose probability the levels set.
+        levels: Channel probabilities, 0 for none.
+        shots: Shot counts, ``None`` for exact expectation values.
+        repeats: Scores per cell with shots (different seeds); exact cells are scored once.
+        seed: First seed of every cell.
+        twin_ckpt: Checkpoint of the classical twin trained on the same split, for its reference line.
+        out_dir: Where to write (default: ``robustness`` beside the checkpoint's ``checkpoints`` folder).
+
+    Returns:
+        The report as written to ``robustness.json``, with ``"files"`` added.
+    """
+    check_grid(channel, levels, shots, repeats)
+    datamodule.setup("test")
+    checkpoint, base = _scored_checkpoint(checkpoint_path, datamodule)
+    hparams = checkpoint["hyper_parameters"]
+    if hparams.get("core") == "classical":
+        raise QlitError(f"{checkpoint_path}: a classical twin has no circuit to put under noise")
+    datamodule.load_state_dict(checkpoint[type(datamodule).__qualname__])  # the preprocessing it trained with
+    loader = datamodule.test_dataloader()
+    state = checkpoint["state_dict"]
+    cells = []
+    for count in shots:
+        for level in levels:
+            model = classifier_from_hparams({**hparams, "noise": {channel: level}, "shots": count})
+            model.load_state_dict(state)
+            model.eval()
+            scores = []
+            for k in range(repeats if count is not None else 1):
+                torch.manual_seed(seed + k)
+                scores.append(accuracy(model, loader))
+            cells.append({
+                "level": level, "shots": count, "acc_mean": statistics.fmean(scores),
+                "acc_sd": statistics.stdev(scores) if len(scores) > 1 else 0.0, "scores": scores,
+            })
+    del base
+    exact = next((c["acc_mean"] for c in cells if c["level"] == 0 and c["shots"] is None), None)
+    if exact is None:
+        model = classifier_from_hparams(hparams)
+        model.load_state_dict(state)
+        exact = accuracy(model.eval(), loader)
+    twin = None
+    if twin_ckpt is not None:
+        twin_checkpoint, twin_model = _scored_checkpoint(Path(twin_ckpt), datamodule, core="classical")
+        twin_model.load_state_dict(twin_checkpoint["state_dict"])
+        twin = accuracy(twin_model.eval(), loader)
+    report = {
+        "checkpoint": str(checkpoint_path), "channel": channel, "levels": list(levels), "shots": list(shots),
+        "repeats": repeats, "seed": seed, "n_test": len(loader.dataset), "noiseless_acc": exact,
+        "twin_ckpt": None if twin_ckpt is None else str(twin_ckpt), "twin_acc": twin, "cells": cells,
+        "model": {k: hparams[k] for k in ("n_qubits", "n_layers", "ansatz", "embedding") if k in hparams},
+    }
+    folder = unused_path(out_dir or checkpoint_path.parent.parent / "robustness")
+    folder.mkdir(parents=True)
+    paths = {"json": folder / "robustness.json", "md": folder / "robustness.md", "png": folder / "robustness.png"}
+    paths["json"].write_text(json.dumps(report, indent=2) + "\n")
+    paths["md"].write_text(robustness_table(report))
+    save_png(robustness_figure(report), paths["png"])
+    report["files"] = {k: str(v) for k, v in paths.items()}
+    return report
+
+
+def _shots_label(count: int | None) -> str:
+    return "exact" if count is None else f"{count} shots"
+
+
+def robustness_table(report: dict[str, Any]) -> str:
+    """The grid as markdown: one row per noise level, one column per shot setting."""
+    cells = {(c["level"], c["shots"]): c for c in report["cells"]}
+    head = f"| {report['channel']} p | " + " | ".join(_shots_label(s) for s in report["shots"]) + " |"
+    lines = [
+        f"Test accuracy of `{report['checkpoint']}` ({report['n_test']} test samples) under {report['channel']} "
+        f"noise after every gate; mean ± sd over {report['repeats']} seeds where shots make it random.",
+        "",
+        head,
+        "|" + "---|" * (len(report["shots"]) + 1),
+    ]
+    for level in report["levels"]:
+        row = []
+        for count in report["shots"]:
+            c = cells[(level, count)]
+            row.append(f"{c['acc_mean']:.3f}" + (f" ± {c['acc_sd']:.3f}" if count is not None else ""))
+        lines.append(f"| {level:g} | " + " | ".join(row) + " |")
+    lines += ["", f"Noiseless, exact: {report['noiseless_acc']:.3f}."]
+    if report["twin_acc"] is None:
+        lines.append("Classical twin: not given (train the config with --model.core classical on the same fold and "
+                     "pass its checkpoint as --twin_ckpt).")
+    else:
+        lines.append(f"Classical twin (`{report['twin_ckpt']}`): {report['twin_acc']:.3f}.")
+    return "\n".join(lines) + "\n"
+
+
+def robustness_figure(report: dict[str, Any]):
+    """Accuracy against noise level, one line per shot setting, with the reference lines."""
+    fig = _figure(5.2, 3.6)
+    ax = fig.add_subplot()
+    levels = report["levels"]
+    positions = list(range(len(levels)))  # levels span decades and include 0: evenly spaced, labelled
+    for i, count in enumerate(report["shots"]):
+        cells = {c["level"]: c for c in report["cells"] if c["shots"] == count}
+        means = [cells[level]["acc_mean"] for level in levels]
+        sds = [cells[level]["acc_sd"] for level in levels]
+        ax.errorbar(positions, means, yerr=sds, marker="o", capsize=3, color=PALETTE[i % len(PALETTE)],
+                    label=_shots_label(count))
+    ax.axhline(report["noiseless_acc"], color="black", linestyle="--", linewidth=1, label="noiseless, exact")
+    if report["twin_acc"] is not None:
+        ax.axhline(report["twin_acc"], color=PALETTE[5], linestyle=":", linewidth=1.5, label="classical twin")
+    ax.set_xticks(positions, [f"{level:g}" for level in levels])
+    ax.set_xlabel(f"{report['channel']} probability per gate")
+    ax.set_ylabel("test accuracy")
+    low = min([c["acc_mean"] - c["acc_sd"] for c in report["cells"]] + [report["twin_acc"] or 1.0])
+    ax.set_ylim(max(0.0, math.floor(low * 10) / 10 - 0.05), 1.02)
+    ax.legend(fontsize=8, loc="lower left")
+    _title(fig, f"Robustness: {report['model'].get('ansatz', '')} ansatz, {report['model'].get('n_qubits', '')} qubits")
+    return fig

@@ -1,0 +1,149 @@
+"""Run a list of jobs one after another in this process, or as Ray tasks on a local or existing cluster.
+
+Every job is deterministic on its own (its seed and its fold fix it, and a worker uses one torch
+thread, as a serial run of a small circuit does), so where a job runs does not change its result.
+The driver writes every summary; a job writes only its own run folder, so on a cluster of several
+machines ``lightning_logs`` must be on storage all of them share.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from qlit.errors import QlitError
+
+ADDRESS_ENV = "RAY_ADDRESS"
+
+
+def ray_module(option: str) -> Any:
+    """Ray, imported; a one-line error naming ``option`` when the ``ray`` extra is not installed."""
+    if "RAY_AUTH_MODE" not in os.environ and _has_token():
+        # `ray start` turns token authentication on when a token exists; a driver joining that cluster must
+        # say so too, and Ray reads the mode once, on import
+        os.environ["RAY_AUTH_MODE"] = "token"
+    try:
+        import ray
+    except ImportError:
+        raise QlitError(
+            f"{option} runs on Ray, which is not installed: pip install -e \".[ray]\" (or pip install 'ray[tune]')"
+        ) from None
+    return ray
+
+
+def _check_reachable(address: str, option: str) -> None:
+    """Fail in a second, not after Ray's long retries, when nothing listens at ``host:port``."""
+    if address == "auto" or address.startswith(("ray://", "local")):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise QlitError(f"{option} {address!r}: expected host:port of a Ray head node (e.g. 10.0.0.5:6379), or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError as err:
+        raise QlitError(f"{option} {address}: no Ray cluster answers there ({err.strerror or err})") from None
+
+
+def _has_token() -> bool:
+    """Whether Ray's authentication token is at hand (its environment variables or ``~/.ray/auth_token``)."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return True
+    return (Path.home() / ".ray" / "auth_token").is_file()
+
+
+def connect(workers: int, address: str | None, option: str) -> tuple[Any, bool]:
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray with ``workers`` CPUs.
+
+    Returns:
+        Ray, and whether this call started it (and so should shut it down).
+    """
+    ray = ray_module(option)
+    address = address or os.environ.get(ADDRESS_ENV) or None
+    if address is not None:
+        _check_reachable(address, option)
+    if ray.is_initialized():  # a Ray this process already joined (a notebook, a test) is used as it is
+        return ray, False
+    # ERROR: a local start would otherwise print Ray's notes on tokens and dashboards before every cv run
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR}
+    if address is None:
+        # "local": a Ray of its own on this machine, even where a `ray start` cluster is already running
+        address, kwargs["num_cpus"] = "local", workers
+    try:
+        ray.init(address=address, **kwargs)
+    except ConnectionError as err:
+        hint = "" if _has_token() else (
+            " (a cluster with token authentication needs RAY_AUTH_TOKEN or ~/.ray/auth_token)"
+        )
+        raise QlitError(f"{option} {address}: {str(err).splitlines()[0]}{hint}") from None
+    return ray, True
+
+
+def as_qlit_worker(cwd: str) -> None:
+    """Make a Ray worker run as the ``qlit`` command would: one torch thread, Lightning quiet, and the
+    driver's working directory, so that relative paths in the config (data, lightning_logs) mean the same.
+
+    Ray starts workers in folders of its own (Ray Tune: one per trial); on a node that lacks the driver's
+    folder the worker stays where it is.
+    """
+    import torch
+
+    from qlit.cli import THREADS_ENV, quiet_lightning
+
+    torch.set_num_threads(int(os.environ.get(THREADS_ENV) or 1))  # the task holds one CPU
+    quiet_lightning()
+    if os.path.isdir(cwd):
+        os.chdir(cwd)
+
+
+def _in_worker(fn: Callable[[Any], Any], job: Any, cwd: str) -> Any:
+    as_qlit_worker(cwd)
+    return fn(job)
+
+
+def run_jobs(
+    fn: Callable[[Any], Any],
+    jobs: Sequence[Any],
+    workers: int = 1,
+    address: str | None = None,
+    gpus_per_job: float = 0.0,
+    option: str = "--workers",
+) -> Iterator[tuple[int, Any]]:
+    """Yield ``(index, fn(jobs[index]))`` as jobs finish: in order when serial, as they complete on Ray.
+
+    Args:
+        fn: A module-level function (Ray sends it to the workers by reference).
+        jobs: Picklable job descriptions.
+        workers: Jobs run at once; 1 without an address runs them here, one after another.
+        address: A Ray cluster to join (``auto``, ``host:port``); ``RAY_ADDRESS`` is used when unset.
+        gpus_per_job: The GPU share each job asks Ray for (0.5: two jobs per GPU).
+        option: The command-line option named in errors.
+    """
+    if workers < 1:
+        raise QlitError(f"{option} must be at least 1, got {workers}")
+    if workers == 1 and address is None and not os.environ.get(ADDRESS_ENV) and not gpus_per_job:
+        for i, job in enumerate(jobs):
+            yield i, fn(job)
+        return
+    ray, started = connect(workers, address, "--address" if address else option)
+    task = ray.remote(num_cpus=1, num_gpus=gpus_per_job, max_retries=0)(_in_worker)
+    pending = {task.remote(fn, job, os.getcwd()): i for i, job in enumerate(jobs)}
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                i = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayTaskError as err:
+                    # the job's own error (a QlitError is one line), not Ray's wrapper around its traceback
+                    raise (err.cause if isinstance(err.cause, BaseException) else err) from None
+                yield i, result
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        if started:
+            ray.shutdown()
