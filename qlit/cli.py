@@ -310,6 +310,7 @@ class QlitCLI(LightningCLI):
         if space is None:
             raise QlitError("qlit tune needs a search space: --space <file> (see configs/space/)")
         tune_options = TuneOptions(space=space, **options)
+        tune_options.check()
         if datamodule is not None:
             datamodule.setup("fit")  # bad data fails here, before the tune run writes anything
         full = self.parser.dump(self.config, skip_none=False, format="yaml")

@@ -214,8 +214,7 @@ def test_killed_sweep_resumes_and_keeps_finished_trials(tmp_path: Path):
     assert before and len(before) < len(lrs), "the sweep must be killed part-way"
     assert not (folder / "tune_summary.json").exists()
 
-    resumed = subprocess.run([*command, "--resume=true"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=300)
+    resumed = subprocess.run([*command, "--resume=true"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming {folder.relative_to(tmp_path)}" in resumed.stdout
     summary = json.loads((folder / "tune_summary.json").read_text())

@@ -128,18 +128,22 @@ def ray_space(space: Mapping[str, tuple[str, list[Any]]]) -> dict[str, Any]:
     return out
 
 
-def set_values(config: Any, overrides: Mapping[str, Any]) -> Any:
-    """Set ``{"model.lr": 0.01, "data.batch_size": 16, ...}`` in ``config`` (a parsed Namespace or a YAML dict).
-
-    ``data.<arg>`` lands in the data module's ``init_args``; numpy scalars from Ray's samplers become plain values.
-    """
+def apply(config: Namespace, overrides: Mapping[str, Any]) -> Namespace:
+    """A copy of ``config`` with ``{"model.lr": 0.01, "data.batch_size": 16, ...}`` set."""
+    config = config.clone()
     for key, value in overrides.items():
         section, _, name = key.partition(".")
-        target = config[section]["init_args"] if section == "data" else config[section]
-        target[name] = value.item() if hasattr(value, "item") else value
+        value = value.item() if hasattr(value, "item") else value  # numpy scalars from Ray's samplers
+        target = config.data.init_args if section == "data" else config[section]
+        target[name] = value
     return config
 
 
-def apply(config: Namespace, overrides: Mapping[str, Any]) -> Namespace:
-    """A copy of ``config`` with ``overrides`` set (see `set_values`)."""
-    return set_values(config.clone(), overrides)
+def apply_to_dict(config: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``apply`` for a config loaded from YAML (``best_config.yaml``)."""
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        value = value.item() if hasattr(value, "item") else value
+        target = config["data"]["init_args"] if section == "data" else config[section]
+        target[name] = value
+    return config

@@ -35,10 +35,10 @@ from qlit.callbacks.summary import RunSummary
 from qlit.errors import QlitError
 from qlit.evaluation import plots, runner
 from qlit.evaluation.baselines import BASELINES
-from qlit.evaluation.cv import FOLD_KEYS, prepared
+from qlit.evaluation.cv import prepared
 from qlit.evaluation.folds import FoldJob, build_cli, class_name, run_fold, tensorboard_args
 from qlit.evaluation.report import to_json
-from qlit.evaluation.space import apply, ray_space, read_space, set_values
+from qlit.evaluation.space import apply, apply_to_dict, ray_space, read_space
 from qlit.evaluation.stats import CI_NOTE, METRIC, STD_NOTE, paired, with_stats
 from qlit.io.runs import claim_version, unused_path
 
@@ -321,9 +321,9 @@ def _short(value: Any) -> str:
 
 def _best_config_yaml(full_config: str, overrides: dict[str, Any]) -> str:
     config = yaml.safe_load(full_config).get("tune", {})
-    for key in [k for k in config if k not in FOLD_KEYS]:
+    for key in [k for k in config if k not in ("seed_everything", "trainer", "model", "data")]:
         config.pop(key)
-    return yaml.safe_dump(set_values(config, overrides), sort_keys=False)
+    return yaml.safe_dump(apply_to_dict(config, overrides), sort_keys=False)
 
 
 def run_tune(cli_class: type, config: Namespace, full_config: str, options: TuneOptions) -> dict[str, Any]:
@@ -369,14 +369,14 @@ def run_tune(cli_class: type, config: Namespace, full_config: str, options: Tune
         searches = []
         for k in outer_folds:
             setup = TrialSetup(config, k, options.inner_folds, name, os.getcwd(), cli_class)
-            grid = _tuner(setup, space, options, storage, max_epochs, seed).fit()
-            if grid.num_terminated + grid.num_errors < len(grid):  # Ray Tune stopped on SIGINT/SIGTERM
+            results = _tuner(setup, space, options, storage, max_epochs, seed).fit()
+            if results.num_terminated + results.num_errors < len(results):  # Ray Tune stopped on SIGINT/SIGTERM
                 raise TrainingInterrupted(
                     signal.SIGINT,
                     f"tuning interrupted in outer fold {k}; the finished trials are saved: go on with the same "
                     "command plus --resume true",
                 )
-            trials = _trials(grid, keys, options.inner_folds)
+            trials = _trials(results, keys, options.inner_folds)
             complete = [t for t in trials if t[SCORE] is not None and math.isfinite(t[SCORE])]
             if not complete:
                 reasons = "; ".join(sorted({t.get("error", t["status"]) for t in trials}))[:300]
