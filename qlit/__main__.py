@@ -15,6 +15,15 @@ def run() -> None:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
+        # A broken or missing config file is told in one line before torch and Lightning are imported (seconds).
+        from qlit.errors import QlitError
+        from qlit.io.config_files import check_config_files
+
+        try:
+            check_config_files(sys.argv[1:])
+        except QlitError as err:
+            print(f"qlit: error: {err}", file=sys.stderr)
+            sys.exit(2)
         from qlit.cli import main
     except BaseException:
         # Interrupted inside an extension module's import, Python can report a half-imported module

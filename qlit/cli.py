@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import errno
 import functools
+import importlib
+import inspect
 import logging
 import os
 import re
@@ -25,11 +28,9 @@ from qlit import callbacks, data  # noqa: F401  (imported so configs can name th
 from qlit.callbacks import PredictionWriter, RunSummary
 from qlit.callbacks.safety import GracefulStop, NonFiniteGuard, TrainingInterrupted
 from qlit.data import KFoldDataModule
+from qlit.data.tables import BUILTIN
 from qlit.errors import QlitError
-from qlit.evaluation.cv import CVOptions, cross_validate
-from qlit.evaluation.diagnostics import run_diagnose
 from qlit.evaluation.robustness import DEFAULT_LEVELS, DEFAULT_SHOTS, run_robustness
-from qlit.evaluation.tune import TuneOptions, run_tune
 from qlit.io.checkpoints import SafeCheckpointIO, check_checkpoint_content, load_checkpoint
 from qlit.io.config_files import check_config_files
 from qlit.io.preflight import check_resume_overrides, preflight
@@ -73,13 +74,35 @@ def _short_doc(method: Any, doc: str) -> Any:
     return wrapper
 
 
+_CKPT_DOC = """
+
+        Args:
+            ckpt_path: {what}: ``best`` (the lowest val_loss of this experiment's newest fit run), ``last`` (its
+                newest epoch) or a checkpoint file. The run folder it came from is where the results go.
+            weights_only: Leave unset: qlit always reads checkpoints weights-only, as data that cannot run code.
+        """
+
+
 class QlitTrainer(L.Trainer):
     """Lightning's Trainer with qlit's subcommands and their one-line descriptions."""
 
-    fit = _short_doc(L.Trainer.fit, "Train a model (resume with --ckpt_path last).")
-    validate = _short_doc(L.Trainer.validate, "Score a checkpoint on its validation split.")
-    test = _short_doc(L.Trainer.test, "Score a checkpoint on its held-out test fold.")
-    predict = _short_doc(L.Trainer.predict, "Predict the test fold or a new file (--data.predict_file).")
+    fit = _short_doc(
+        L.Trainer.fit,
+        "Train a model (resume with --ckpt_path last)." + _CKPT_DOC.format(what="Resume this run"),
+    )
+    validate = _short_doc(
+        L.Trainer.validate,
+        "Score a checkpoint on its validation split." + _CKPT_DOC.format(what="The checkpoint to score"),
+    )
+    test = _short_doc(
+        L.Trainer.test,
+        "Score a checkpoint on its held-out test fold." + _CKPT_DOC.format(what="The checkpoint to score"),
+    )
+    predict = _short_doc(
+        L.Trainer.predict,
+        "Predict the test fold or a new file (--data.predict_file)."
+        + _CKPT_DOC.format(what="The checkpoint to predict with"),
+    )
 
     def cv(
         self,
@@ -198,10 +221,104 @@ class QlitTrainer(L.Trainer):
 class QlitArgumentParser(LightningArgumentParser):
     """Argument parser whose errors are one line (the full usage only with ``--help``)."""
 
+    def format_help(self) -> str:
+        """qlit's own options, the model and the data first; Lightning's Trainer (hundreds of lines) last."""
+        groups = self._action_groups
+
+        def rank(group: Any) -> int:
+            dests = [action.dest for action in group._group_actions]
+            if any(dest.startswith("trainer.") or dest == "trainer" for dest in dests):
+                return 2
+            return 0 if not dests or all("." not in dest for dest in dests) else 1
+
+        usage = self.usage
+        subcommand = any(action.dest == "data" for action in self._actions)
+        if subcommand:  # argparse would list every option in the usage: sixty lines before the first help line
+            self.usage = f"{self.prog} [-h] [-c CONFIG] [--ckpt_path best|last|FILE] [--model.* ...] [--data.* ...] " \
+                "[--trainer.* ...]"
+        self._action_groups = sorted(groups, key=rank)  # sorted is stable: the order within a rank stays
+        try:
+            text = super().format_help()
+        finally:
+            self._action_groups, self.usage = groups, usage
+        if subcommand:
+            hint = (
+                "The data module's own options: --data.help NAME, with NAME one of IrisDataModule, SNPDataModule,\n"
+                "PlinkDataModule, TabularDataModule or EquityDataModule (or the class of your config's data).\n"
+            )
+            text = text.replace("\noptions:\n", f"\n{hint}\noptions:\n", 1)
+        return text
+
     def error(self, message: str, ex: Exception | None = None):
         if os.environ.get(DEBUG_ENV) or not self.exit_on_error:
             return super().error(message, ex)
-        _fail(_one_line(str(message)))
+        line = _unknown_option(str(message), self) or _one_line(str(message))
+        _fail(line)
+
+
+def _option_strings(parser: Any) -> list[str]:
+    """Every ``--option`` a parser and its subcommands' parsers accept."""
+    found: list[str] = []
+    for action in getattr(parser, "_actions", []):
+        found.extend(s for s in action.option_strings if s.startswith("--"))
+        for sub in (getattr(action, "choices", None) or {}).values() if hasattr(action, "_name_parser_map") else ():
+            found.extend(_option_strings(sub))
+    return found
+
+
+def _init_options(class_path: str) -> list[str]:
+    """The constructor arguments of ``class_path`` and of the classes it extends (its YAML ``init_args``)."""
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError):
+        return []
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        names.extend(p.name for p in inspect.signature(init).parameters.values() if p.kind in kinds)
+    return [n for n in dict.fromkeys(names) if n != "self"]
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _unknown_option(message: str, parser: Any) -> str | None:
+    """A misspelt option, on the command line or in a config file, named with the closest valid one.
+
+    jsonargparse reports a wrong data-module argument as a failed union of data classes and keeps the useful
+    "Option 'clases' is not accepted" nested below it; a wrong model or trainer key comes as "unrecognized
+    arguments" or "does not accept option", without a suggestion.
+    """
+    option = re.search(r"Option '([^']+)' is not accepted", message)
+    if option:
+        key = option.group(1)
+        class_path = re.search(r"class_path '([\w.]+)'", message)
+        owner = class_path.group(1) if class_path else None
+        group = re.search(r'Parser key "(\w+)"', message)
+        where = f"--{group.group(1)}.init_args.{key}" if group else f"--{key}"
+        owner_name = owner.rpartition(".")[2] if owner else "the data module"
+        return f"{where}: {owner_name} has no option {key!r}{_did_you_mean(key, _init_options(owner) if owner else [])}"
+    choice = re.search(r"argument subcommand: invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if choice:
+        names = re.findall(r"'([^']+)'", choice.group(2))
+        return f"no subcommand {choice.group(1)!r}{_did_you_mean(choice.group(1), names)} (qlit --help lists them)"
+    unknown = re.search(r"unrecognized arguments: (--[\w.-]+)", message) or re.search(
+        r"does not accept options? '([\w.-]+)'", message
+    )
+    if unknown:
+        key = unknown.group(1)
+        flag = key if key.startswith("--") else f"--{key}"
+        options = list(dict.fromkeys(o.split("=")[0] for o in _option_strings(parser)))
+        suggestion = _did_you_mean(flag, options)
+        suggestion = suggestion.replace("'--", "'").replace("?'", "'") if not key.startswith("--") else suggestion
+        return f"{flag}: no such option{suggestion}"
+    return None
 
 
 def _one_line(message: str) -> str:
@@ -263,6 +380,7 @@ class QlitCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)
         inherited_version = os.environ.get(RUN_VERSION_ENV)
         self._run_files: tuple[Path, set[Path]] | None = None
+        self._full_parsers = _subcommands_to_build(kwargs.get("args"), self.subcommands())
         try:
             super().__init__(
                 HybridClassifier,
@@ -282,6 +400,14 @@ class QlitCLI(LightningCLI):
             while _CLAIMED:
                 release_if_empty(_CLAIMED.pop())  # a failed start leaves no empty version folder behind
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        # Each subcommand's parser introspects the Trainer, the model and every data module: 93% of a command's
+        # start-up after the imports. Only the subcommand being run gets its arguments; the others keep their name
+        # and description for `qlit --help`.
+        if self._full_parsers is not None and subcommand not in self._full_parsers:
+            return self.init_parser(**kwargs)
+        return super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         links = (("num_features", "in_features"), ("num_classes", "num_classes"), ("class_names", "class_names"))
         for source, target in links:
@@ -298,6 +424,8 @@ class QlitCLI(LightningCLI):
         gpus_per_fold: float = 0.0,
     ) -> None:
         """Run ``qlit cv``: a fresh CLI per fold, built from this command's parsed config."""
+        from qlit.evaluation.cv import CVOptions, cross_validate  # not imported by the commands that do not need it
+
         options = CVOptions(workers, address, gpus_per_fold)
         options.check()
         if datamodule is not None:
@@ -307,6 +435,8 @@ class QlitCLI(LightningCLI):
 
     def tune(self, model: Any, datamodule: Any = None, space: str | None = None, **options: Any) -> None:
         """Run ``qlit tune``: Ray Tune trials, each a fresh CLI built from this config plus its sampled values."""
+        from qlit.evaluation.tune import TuneOptions, run_tune
+
         if space is None:
             raise QlitError("qlit tune needs a search space: --space <file> (see configs/space/)")
         tune_options = TuneOptions(space=space, **options)
@@ -321,6 +451,8 @@ class QlitCLI(LightningCLI):
         layers: list[int] | None = None, samples: int = 200,
     ) -> None:
         """Run ``qlit diagnose``: `qlit.evaluation.diagnostics` over widths and depths around the model's circuit."""
+        from qlit.evaluation.diagnostics import run_diagnose
+
         run_diagnose(self.config["diagnose"], model.hparams, qubits, layers, samples)
 
     def robustness(
@@ -336,15 +468,21 @@ class QlitCLI(LightningCLI):
         print(f"qlit robustness: wrote {Path(report['files']['md']).parent}", file=sys.stderr)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        super().parse_arguments(parser, args)
+        with warnings.catch_warnings():
+            # `main(args)` and `QlitCLI(args=...)` are qlit's in-process entry points (tests, cv folds, tuning
+            # trials): that they ignore sys.argv is the point, not a mistake to warn about.
+            warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within")
+            super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand is None:
             return
         config = self.config[subcommand]
         _choose_threads(config)
+        _no_bars_without_a_terminal(config)
         if subcommand in ("cv", "tune"):
             _refuse_multi_process_cv(config, subcommand)
         self._resolve_checkpoint(subcommand, config)
+        _refuse_new_samples_without_a_checkpoint(subcommand, config)
         if subcommand == "fit" and self._checkpoint is not None:
             check_resume_overrides(self._checkpoint, Path(config.ckpt_path), config.model)
         if subcommand == "fit" and not config.get("ckpt_path"):
@@ -428,8 +566,8 @@ class QlitCLI(LightningCLI):
 
     def _note_run_files(self) -> None:
         """Remember the run folder's files, so a command that fails can take back what it left empty."""
-        log_dir = self.trainer.log_dir if self.trainer.is_global_zero else None
-        if log_dir:
+        log_dir = self.trainer.log_dir  # a broadcast once DDP is up: every rank asks, rank 0 keeps the answer
+        if log_dir and self.trainer.is_global_zero:
             folder = Path(log_dir)
             self._run_files = (folder, set(folder.rglob("*")) if folder.is_dir() else set())
 
@@ -452,6 +590,30 @@ class QlitCLI(LightningCLI):
                     path.rmdir()
             except OSError:
                 pass
+
+
+def _subcommands_to_build(args: Any, names: Any) -> set[str] | None:
+    """The subcommands whose parsers a command line needs in full; ``None`` for all of them.
+
+    The subcommand is the first word that is not an option or the value of ``-c``/``--config``. Without one
+    (``qlit --help``, a misspelt subcommand), no subcommand needs its arguments; parsed configs and a root
+    config file, which may name the subcommand inside, get every parser.
+    """
+    if args is None:
+        args = sys.argv[1:]
+    if not isinstance(args, (list, tuple)) or not all(isinstance(arg, str) for arg in args):
+        return None
+    skip_next = False
+    for arg in args:
+        if skip_next:
+            skip_next = False
+        elif arg in ("-c", "--config"):
+            return None  # a root-level config file may hold the subcommand
+        elif arg.startswith("--config="):
+            return None
+        elif not arg.startswith("-"):
+            return {arg} & set(names)
+    return set()
 
 
 def _is_cpu_ddp(trainer_config: dict[str, Any]) -> bool:
@@ -484,6 +646,38 @@ def _choose_threads(config: Any) -> None:
         torch.set_num_threads(1)
 
 
+def _no_bars_without_a_terminal(config: Any) -> None:
+    """Progress bars only on a terminal, unless the user asked (``--trainer.enable_progress_bar``).
+
+    Sent to a file, a bar rewrites itself with carriage returns: hundreds of kilobytes for one fit, with
+    qlit's own lines hidden after a ``\\r``.
+    """
+    trainer = config.get("trainer")
+    if trainer is None or trainer.get("enable_progress_bar") is not None:
+        return
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        trainer.enable_progress_bar = False
+
+
+def _refuse_new_samples_without_a_checkpoint(subcommand: str, config: Any) -> None:
+    """Without its training data, a data module can only predict new samples, with everything else from a checkpoint.
+
+    The data modules let a missing training table or fileset pass when ``predict_file`` is set (the model's size and
+    classes then come from the checkpoint); any other command would build a model with nothing to size it from.
+    """
+    data = config.get("data")
+    init = data.get("init_args") if data is not None and not isinstance(data, str) else None
+    if init is None or not init.get("predict_file") or (subcommand == "predict" and config.get("ckpt_path")):
+        return
+    source = init.get("bed_file") or init.get("path")
+    if source is None or str(source) in BUILTIN or Path(str(source)).exists():
+        return
+    raise QlitError(
+        f"training data {source} not found: without it, the only command that runs is "
+        f"qlit predict --ckpt_path best|last|FILE --data.predict_file {init.get('predict_file')}"
+    )
+
+
 def _refuse_multi_process_cv(config: Any, subcommand: str = "cv") -> None:
     trainer = config.trainer
     strategy = str(trainer.get("strategy") or "auto")
@@ -506,6 +700,13 @@ def quiet_lightning() -> None:
     """
     # Lightning 2.6's own pytree helper trips torch 2.13's LeafSpec deprecation once per trainer.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # qlit logs epoch metrics that torchmetrics already reduced over processes, in a hook every rank runs; a
+    # sync_dist on them would be a second, lazy collective that a rank-0-only callback (the progress bar) could reach.
+    warnings.filterwarnings(
+        "ignore", message=r"It is recommended to use `self.log\('((train|val|test)_(loss|acc)|quantum_grad_\w+)'"
+    )
+    # qlit logs once per epoch, so the logging interval of steps does not apply to it.
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
     # Said on every resume; a new fit into a folder with checkpoints is refused before it starts (preflight).
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     if not os.environ.get(DEBUG_ENV):

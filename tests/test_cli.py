@@ -1,4 +1,6 @@
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,7 +9,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from qlit.cli import QlitCLI, main
-from tests.conftest import CONFIGS, QUICK
+from tests.conftest import CONFIGS, QUICK, one_line_error
 
 ALL_CONFIGS = sorted(CONFIGS.glob("*.yaml"))
 IRIS = str(CONFIGS / "iris.yaml")
@@ -127,3 +129,62 @@ def test_best_without_a_run_is_a_clear_error(capsys):
         run("test", "--config", IRIS, "--ckpt_path", "best")
     assert exit_info.value.code == 2
     assert "no best.ckpt" in capsys.readouterr().err
+
+
+def test_in_process_main_prints_only_its_error_line_without_pytest_filters(in_tmp_path: Path):
+    """`main(args)` with sys.argv set (as under pytest, or in a script) must not add Lightning's args warning.
+
+    Run in a fresh interpreter, so that no warning filter of pytest's or of an earlier test applies: with
+    ``-p no:warnings`` the warning reached stderr and 173 one-line-error tests failed.
+    """
+    code = (
+        "import sys; sys.argv = ['script.py', 'extra']\n"
+        "from qlit.cli import main\n"
+        "main(['fit', '--config', 'iris.yaml', '--model.n_qbits', '3'])\n"
+    )
+    (in_tmp_path / "iris.yaml").write_text((CONFIGS / "iris.yaml").read_text())
+    done = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["qlit: error: --model.n_qbits: no such option; did you mean '--model.n_qubits'?"]
+
+
+@pytest.mark.parametrize(
+    ("args", "yaml_edit", "expected"),
+    [
+        (["--data.init_args.clases", "[setosa, virginica]"], None,
+         "--data.init_args.clases: IrisDataModule has no option 'clases'; did you mean 'classes'?"),
+        (["--data.clases", "[setosa, virginica]"], None, "did you mean 'classes'?"),
+        ([], ("    classes:", "    clases:"), "--data.init_args.clases: IrisDataModule has no option 'clases'"),
+        (["--model.n_qbits", "3"], None, "--model.n_qbits: no such option; did you mean '--model.n_qubits'?"),
+        ([], ("  n_qubits:", "  n_qbits:"), "did you mean 'model.n_qubits'?"),
+        (["--trainer.max_epohcs", "3"], None, "did you mean '--trainer.max_epochs'?"),
+    ],
+)  # fmt: skip
+def test_a_misspelt_key_is_named_with_the_closest_valid_one(args, yaml_edit, expected, capfd, in_tmp_path: Path):
+    """Before: a data key gave "--data: Does not validate against any of the Union subtypes", no key, no hint."""
+    config = in_tmp_path / "iris.yaml"
+    text = (CONFIGS / "iris.yaml").read_text()
+    if yaml_edit:
+        assert yaml_edit[0] in text
+        text = text.replace(yaml_edit[0], yaml_edit[1], 1)
+    config.write_text(text)
+    one_line_error(["fit", "--config", str(config), *args], capfd, [expected])
+    assert not (in_tmp_path / "lightning_logs" / "iris").exists()
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "test"])
+def test_help_shows_qlit_options_before_the_trainer_and_explains_ckpt_path(subcommand, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([subcommand, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    order = [text.index(flag) for flag in ("--ckpt_path CKPT_PATH", "--model.n_qubits", "--data.help [", "--trainer CONFIG")]
+    assert order == sorted(order), "qlit's options, the model and the data come before Lightning's Trainer"
+    ckpt_help = text[order[0]:order[1]]
+    assert "``best``" in ckpt_help and "``last``" in ckpt_help
+    assert "--data.help NAME" in text[: text.index("\noptions:\n")]
+    assert len(text[: order[3]].splitlines()) < 150, "the trainer's hundreds of lines come last"
+
+
+def test_a_misspelt_subcommand_is_named_with_the_closest(capfd):
+    one_line_error(["fitt", "--config", IRIS], capfd, ["no subcommand 'fitt'; did you mean 'fit'?"])

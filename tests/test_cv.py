@@ -205,3 +205,28 @@ def test_acceptance(tmp_path: Path, config: str, extra: list[str], check):
     main(["cv", "--config", config, *extra, *QUICK])
     name = yaml.safe_load(Path(config).read_text())["trainer"]["logger"]["init_args"]["name"]
     assert check(json.loads((tmp_path / "lightning_logs" / name / "cv_summary.json").read_text()))
+
+
+@pytest.mark.parametrize(
+    ("options", "env", "named"),
+    [
+        (["--address=127.0.0.1:1"], None, "--address 127.0.0.1:1"),
+        ([], "127.0.0.1:2", "RAY_ADDRESS=127.0.0.1:2"),
+        (["--workers=2"], "127.0.0.1:2", "RAY_ADDRESS=127.0.0.1:2"),
+    ],
+)
+def test_cv_with_an_unreachable_ray_is_one_line_and_writes_nothing(
+    tmp_path: Path, capfd, monkeypatch, options, env, named
+):
+    pytest.importorskip("ray")
+    from tests.conftest import one_line_error
+
+    if env is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    (tmp_path / "lightning_logs" / "iris").mkdir(parents=True)
+    (tmp_path / "lightning_logs" / "iris" / "cv_summary.json").write_text("{}")  # an earlier cv run: next is cv_1/
+    line = one_line_error(["cv", "--config", IRIS, *options], capfd, (named, "no Ray cluster answers"))
+    assert "--workers" not in line or "--workers" in named
+    assert sorted(p.name for p in (tmp_path / "lightning_logs" / "iris").iterdir()) == ["cv_summary.json"]

@@ -127,3 +127,36 @@ def test_a_dead_ddp_peer_stops_the_job_in_one_line(in_tmp_path: Path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("qlit: error:")]
     assert errors and "a DDP process stopped answering" in errors[-1], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr.split("qlit: error:")[-1]
+
+
+BUSY_LOOP = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
+
+
+def test_ddp_with_a_progress_bar_finishes_under_cpu_load(in_tmp_path: Path):
+    """Three busy loops beside a 2-process fit on 2 cores: every rank must enter the same collectives.
+
+    The progress bar lives on rank 0 only. When the epoch metrics were logged with ``sync_dist``, its
+    ``on_train_epoch_end`` made rank 0 all-reduce them while rank 1 was already in torchmetrics' all-gather
+    of the next metric; under load the two met in different collectives and the job hung until the DDP
+    timeout. The bar is forced on here (qlit turns it off when stdout is not a terminal).
+    """
+    busy = [
+        subprocess.Popen([sys.executable, "-c", BUSY_LOOP.format(seconds=240)], stdout=subprocess.DEVNULL)
+        for _ in range(3)
+    ]
+    try:
+        env = {k: v for k, v in os.environ.items() if k not in ("QLIT_DEBUG", "PL_GLOBAL_SEED")}
+        env["QLIT_DDP_TIMEOUT"] = "60"  # a hang fails in a minute, not in five
+        args = [
+            "fit", "--config", GENOMIC, "--trainer.max_epochs=3",
+            "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=true", "--trainer.enable_model_summary=false",
+        ]  # fmt: skip
+        proc = qlit_subprocess(args, in_tmp_path, env)
+    finally:
+        for loop in busy:
+            loop.kill()
+            loop.wait()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = in_tmp_path / "lightning_logs" / "genomic" / "version_0"
+    assert len(scalars(run)["val_loss"]) == 3

@@ -193,3 +193,37 @@ def test_a_full_disk_is_one_line_and_leaves_no_empty_files(small_disk: Path, mon
     assert "no space left on the device" in lines[0]
     after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     assert after == before, "a file was changed, or a half-written one left behind"
+
+
+def _in_fresh_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_a_config_file_error_is_told_before_torch_and_lightning_are_imported(in_tmp_path: Path):
+    """Seconds of imports for a typo in a file name: the config file alone shows the error."""
+    (in_tmp_path / "broken.yaml").write_text("model:\n  n_qubits: 4\nmodel:\n  n_layers: 2\n")
+    for config, words in (("nope.yaml", "config nope.yaml does not exist"), ("broken.yaml", "duplicate key 'model'")):
+        done = _in_fresh_python(
+            "import sys\n"
+            f"sys.argv = ['qlit', 'fit', '--config', {config!r}]\n"
+            "from qlit.__main__ import run\n"
+            "try:\n    run()\nexcept SystemExit as exit:\n"
+            "    print(exit.code, *(name in sys.modules for name in ('torch', 'lightning')))\n"
+        )
+        assert done.stdout.split() == ["2", "False", "False"], done.stdout + done.stderr
+        (line,) = done.stderr.splitlines()
+        assert line.startswith("qlit: error: config") and words in line
+
+
+def test_the_cli_imports_only_what_every_command_needs():
+    """Ray, PennyLane, pandas and scikit-learn are imported by the commands that use them.
+
+    (Lightning itself imports matplotlib and scipy.stats, so they cost qlit nothing more.)
+    """
+    done = _in_fresh_python(
+        "import sys\nimport qlit.cli\n"
+        "print(*sorted(n for n in ('ray', 'pennylane', 'pandas', 'sklearn', 'bed_reader', 'arch', 'optuna') "
+        "if n in sys.modules))\n"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == []

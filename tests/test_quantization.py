@@ -150,18 +150,40 @@ def test_callback_leaves_the_trained_model_alone(fitted, tmp_path):
     assert result["val_acc"] == pytest.approx(callback.metrics["float_val_acc"])
 
 
-def test_callback_never_overwrites(fitted, capsys):
+def test_callback_never_overwrites_and_keeps_the_newest_under_the_documented_name(fitted, capsys):
     trainer, model, _, callback = fitted
     first = callback.artifact_path.read_bytes(), callback.state_dict_path.read_bytes()
+    epoch = torch.load(callback.artifact_path, weights_only=True)["epoch"]
+    assert isinstance(epoch, int)
     callback.on_fit_end(trainer, model)
-    assert callback.artifact_path.name == "model_int8_1.pt"
-    assert callback.state_dict_path.name == "model_1.pth"
     run = Path(trainer.log_dir)
-    assert ((run / "model_int8.pt").read_bytes(), (run / "model.pth").read_bytes()) == first
+    assert (callback.artifact_path, callback.state_dict_path) == (run / "model_int8.pt", run / "model.pth")
+    kept = run / f"model_int8_epoch{epoch}.pt", run / f"model_epoch{epoch}.pth"
+    assert (kept[0].read_bytes(), kept[1].read_bytes()) == first
     out = capsys.readouterr().out
     for name in SCALARS:
         assert f"{name} " in out
-    assert "model_int8_1.pt" in out
+    assert f"model_int8_epoch{epoch}.pt" in out
+
+
+def test_a_resumed_fit_exports_its_newest_model_as_model_int8(in_tmp_path: Path):
+    """Before: the resumed run's model went to model_int8_1.pt, and model_int8.pt kept the pre-resume one."""
+    from qlit.cli import main
+    from tests.conftest import CONFIGS, QUICK
+
+    iris = ["fit", "--config", str(CONFIGS / "iris.yaml"), *QUICK]
+    run = in_tmp_path / "lightning_logs" / "iris" / "version_0"
+    main([*iris, "--trainer.max_epochs=2"])
+    before = (run / "model_int8.pt").read_bytes()
+    main([*iris, "--trainer.max_epochs=6", "--ckpt_path=last"])
+    artifact = torch.load(run / "model_int8.pt", weights_only=True)
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert artifact["metrics"]["source"].endswith("best.ckpt") and artifact["epoch"] == best["epoch"]
+    (kept,) = run.glob("model_int8_epoch*.pt")
+    assert kept.read_bytes() == before
+    assert sorted(p.name for p in run.glob("model*")) == sorted(
+        ["model_int8.pt", "model.pth", kept.name, kept.name.replace("model_int8", "model").replace(".pt", ".pth")]
+    )
 
 
 def test_without_checkpoint_quantizes_final_weights(tmp_path, capsys):

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from qlit.cli import main
 from tests.conftest import CONFIGS, QUICK
 
 pytest.importorskip("ray")
 
 IRIS = str(CONFIGS / "iris.yaml")
-SMALL = ["--trainer.max_epochs=3", "--model.lr=0.1", "--data.init_args.num_folds=2"]
+SMALL = ["--trainer.max_epochs=2", "--model.lr=0.1", "--data.init_args.num_folds=2"]
 
 
 def _free_port() -> int:
@@ -65,14 +66,15 @@ def _cv(tmp_path: Path, name: str, *extra: str) -> dict:
     done = subprocess.run(
         [sys.executable, "-m", "qlit", "cv", "--config", IRIS, *SMALL, f"--trainer.logger.init_args.name={name}",
          *QUICK, *extra],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, start_new_session=True,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads((tmp_path / "lightning_logs" / name / "cv_summary.json").read_text())
 
 
 def test_cv_on_an_existing_cluster_matches_the_serial_run(tmp_path: Path, ray_cluster: str):
-    serial = _cv(tmp_path, "serial")
+    main(["cv", "--config", IRIS, *SMALL, "--trainer.logger.init_args.name=serial", *QUICK])  # no Ray: in-process
+    serial = json.loads((tmp_path / "lightning_logs" / "serial" / "cv_summary.json").read_text())
     on_cluster = _cv(tmp_path, "cluster", f"--address={ray_cluster}")
     for a, b in zip([serial["folds"], serial["baselines"]["classical_twin"]["folds"]],
                     [on_cluster["folds"], on_cluster["baselines"]["classical_twin"]["folds"]]):

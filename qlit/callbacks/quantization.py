@@ -46,8 +46,9 @@ class Int8Quantization(L.Callback):
     ``float_linear_bytes`` and ``int8_linear_bytes`` go to the loggers (TensorBoard) and the
     console. ``qlit test`` with this callback in its config adds ``int8_test_acc`` beside
     ``test_acc``: the test fold is scored only when asked. Into the run folder go the INT8 artifact (load it
-    with `qlit.load_model`) and, optionally, the float network's plain ``state_dict``. Existing
-    files are never overwritten (``model_int8_1.pt``, … instead). Only global rank 0 works.
+    with `qlit.load_model`) and, optionally, the float network's plain ``state_dict``. The
+    newest export of a run is always ``model_int8.pt``: an earlier one (from before a resume) is renamed
+    ``model_int8_epoch<E>.pt`` after the epoch it came from, never overwritten. Only global rank 0 works.
 
     Args:
         filename: Name of the INT8 artifact in the run folder.
@@ -60,6 +61,7 @@ class Int8Quantization(L.Callback):
         self.metrics: dict[str, float] = {}
         self.artifact_path: Path | None = None
         self.state_dict_path: Path | None = None
+        self.kept: list[Path] = []
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, not only rank 0
@@ -86,12 +88,37 @@ class Int8Quantization(L.Callback):
         out_dir = Path(log_dir or trainer.default_root_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         artifact["metrics"] = dict(metrics, source=source)
-        self.artifact_path = unused_path(out_dir / self.filename)
+        artifact["epoch"] = checkpoint.get("epoch")
+        self.kept = self._keep_earlier_export(out_dir)
+        self.artifact_path = out_dir / self.filename
         atomic_save(artifact, self.artifact_path)
         if self.state_dict_filename:
-            self.state_dict_path = unused_path(out_dir / self.state_dict_filename)
+            self.state_dict_path = out_dir / self.state_dict_filename
             atomic_save(float_model.net.state_dict(), self.state_dict_path)
         self._report(source, metrics, loader)
+
+    def _keep_earlier_export(self, out_dir: Path) -> list[Path]:
+        """Move an earlier export of this run (a fit before a resume) to names that give its epoch.
+
+        ``model_int8.pt`` is the name users load, so it must hold the run's newest model; the earlier one
+        becomes ``model_int8_epoch<E>.pt`` (and ``model_epoch<E>.pth``), never overwritten.
+        """
+        earlier = out_dir / self.filename
+        if not earlier.is_file():
+            return []
+        try:
+            epoch = torch.load(earlier, map_location="cpu", weights_only=True).get("epoch")
+        except Exception:  # an unreadable earlier file is still kept, under a name without an epoch
+            epoch = None
+        tag = f"epoch{epoch}" if isinstance(epoch, int) else "earlier"
+        kept = []
+        for name in filter(None, (self.filename, self.state_dict_filename)):
+            path = out_dir / name
+            if path.is_file():
+                target = unused_path(path.with_name(f"{path.stem}_{tag}{path.suffix}"))
+                path.rename(target)
+                kept.append(target)
+        return kept
 
     def _best_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[dict[str, Any], str]:
         callback = trainer.checkpoint_callback
@@ -147,3 +174,5 @@ class Int8Quantization(L.Callback):
         )
         written = [p for p in (self.artifact_path, self.state_dict_path) if p is not None]
         print(f"qlit: wrote {' and '.join(str(p) for p in written)}")
+        if self.kept:
+            print(f"qlit: the earlier export of this run is kept as {' and '.join(p.name for p in self.kept)}")

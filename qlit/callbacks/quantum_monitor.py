@@ -70,5 +70,7 @@ class QuantumMonitor(L.Callback):
             return
         norms = torch.stack(self._norms)
         self._norms.clear()
-        pl_module.log("quantum_grad_norm", norms.mean(), sync_dist=True)
-        pl_module.log("quantum_grad_rms", norms.mean() / self._layer.weights.numel() ** 0.5, sync_dist=True)
+        # DDP averages the gradients before the optimiser step, so every rank holds the same norms: nothing to
+        # reduce, and a lazily synced value would be a collective that the rank-0 progress bar could reach first.
+        pl_module.log("quantum_grad_norm", norms.mean())
+        pl_module.log("quantum_grad_rms", norms.mean() / self._layer.weights.numel() ** 0.5)

@@ -10,7 +10,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from sklearn.model_selection import StratifiedKFold, train_test_split
 from torch.utils.data import TensorDataset
 
 from qlit.data.preprocessing import Preprocessor
@@ -166,6 +165,16 @@ class KFoldDataModule(L.LightningDataModule):
         return Preprocessor()
 
     def setup(self, stage: str | None = None) -> None:
+        """Split and fit preprocessing on this fold's training rows; for new samples, only read them.
+
+        ``setup("predict")`` with a ``predict_file`` reads neither the training data nor this fold: new
+        samples are shaped by the checkpoint's fitted state, which Lightning restores with
+        `load_state_dict` after `setup` and before `predict_dataloader` (``qlit predict`` restores it
+        before, to check the file first). Without a checkpoint the fold's fit is made on first use.
+        """
+        if stage == "predict" and self.predict_file is not None:
+            self.read_predict_file()
+            return
         if self.x is None:
             x, y = self.load()
             indices = self.split(y)  # assigned only once all is well: a failed setup leaves nothing half-done
@@ -181,11 +190,21 @@ class KFoldDataModule(L.LightningDataModule):
             self.preprocessor.fit(x[indices["train"]])
             self.x, self.y, self.indices = x, y, indices
             self._split_identity = None
-        if stage == "predict" and self.predict_file is not None:
+
+    def read_predict_file(self) -> None:
+        """Read ``predict_file`` (raw features, not yet preprocessed); `setup` calls it for ``predict``."""
+        if self._predict_x is None:
             self.predict_ids, self._predict_x = read_samples_csv(self.predict_file, self.raw_features)
+
+    def ensure_fitted(self) -> None:
+        """Fit on this fold's training rows unless a checkpoint's state was restored (a model predicting untrained)."""
+        if not self.preprocessor.fitted:
+            self.setup("fit")
 
     def split(self, y: np.ndarray) -> dict[str, np.ndarray]:
         """Row indices of the ``train``, ``val`` and ``test`` sets of this fold."""
+        from sklearn.model_selection import StratifiedKFold, train_test_split
+
         counts = np.bincount(y, minlength=self.num_classes)
         smallest, name = int(counts.min()), self.class_names[int(counts.argmin())]
         source = self.source_name()
@@ -224,6 +243,8 @@ class KFoldDataModule(L.LightningDataModule):
         one validates, the others train. The outer test rows are in no split at all: a trial can neither
         train on them, fit preprocessing on them, nor be scored on them.
         """
+        from sklearn.model_selection import StratifiedKFold
+
         rest = np.sort(np.concatenate([outer["train"], outer["val"]]))
         counts = np.bincount(y[rest], minlength=self.num_classes)
         if counts.min() < self.inner_folds:
@@ -282,6 +303,7 @@ class KFoldDataModule(L.LightningDataModule):
         if self._predict_x is None:
             self.predict_ids = [str(i) for i in self.indices["test"]]
             return self._loader(TensorDataset(self._dataset("test").tensors[0]))
+        self.ensure_fitted()
         return self._loader(TensorDataset(self.preprocessor.transform(self._predict_x)))
 
     def features(self, split: str) -> np.ndarray:

@@ -28,7 +28,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 from torch.utils.data import TensorDataset
 
@@ -292,6 +291,8 @@ class EquityDataModule(KFoldDataModule):
 
     def _series(self, table: Table) -> list[tuple[str, np.ndarray, np.ndarray, dict[str, np.ndarray]]]:
         """Per symbol: name, file row indices, dates and bars (date order checked, values validated)."""
+        import pandas as pd
+
         columns = self._columns if table is self._table else self._match_columns(table, self.price_column)
         for role in sorted(self.feature_roles - set(columns)):
             table.require(role, f"the {role} column the model was trained with")
@@ -310,6 +311,15 @@ class EquityDataModule(KFoldDataModule):
                     raise QlitError(
                         f"{table.source}: {table.where(row)}, column {columns[role]!r}: {values[role][row]} is {word}"
                     )
+        if "high" in values and "low" in values:
+            inverted = values["high"] < values["low"]
+            if inverted.any():
+                row = int(np.flatnonzero(inverted)[0])
+                raise QlitError(
+                    f"{table.source}: {table.where(row)} (date {pd.Timestamp(dates[row]).date()}): high "
+                    f"{values['high'][row]} is below low {values['low'][row]} (columns {columns['high']!r} and "
+                    f"{columns['low']!r}); a day's high is at least its low"
+                )
         if "symbol" in columns:
             symbol_column = frame[columns["symbol"]]
             if symbol_column.isna().any():
@@ -353,6 +363,8 @@ class EquityDataModule(KFoldDataModule):
         return used | (present & {"open", "volume"})
 
     def _dates(self, table: Table, name: str) -> np.ndarray:
+        import pandas as pd
+
         column = table.frame[name]
         try:
             parsed = pd.to_datetime(column, format=self.date_format, errors="coerce")
@@ -372,6 +384,8 @@ class EquityDataModule(KFoldDataModule):
 
     def _samples(self, table: Table, labelled: bool):
         """Features of every day with a full history (and, if ``labelled``, a label), ordered by date then symbol."""
+        import pandas as pd
+
         xs, ys, ids, days, ends = [], [], [], [], []
         history = max(self.lags, self.rolling_window)
         for name, _, d, bars in self._series(table):

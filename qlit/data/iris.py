@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.datasets import load_iris
 
 from qlit.data.base import KFoldDataModule
 from qlit.errors import QlitError
@@ -37,6 +36,8 @@ class IrisDataModule(KFoldDataModule):
         return {"data": "scikit-learn Iris", "classes": list(self.class_names)}
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
+        from sklearn.datasets import load_iris
+
         iris = load_iris()
         species = [SPECIES.index(name) for name in self.class_names]
         keep = np.isin(iris.target, species)

@@ -72,14 +72,44 @@ class PlinkFileset:
         if self.n_individuals == 0 or self.n_snps == 0:
             empty = self.fam if self.n_individuals == 0 else self.bim
             raise QlitError(f"{what} {bed}: {empty} lists no {'individual' if empty == self.fam else 'SNP'}")
-        expected = 3 + self.n_snps * ((self.n_individuals + 3) // 4)
+        self._check_size(what)
+
+    def _check_size(self, what: str) -> None:
+        """Refuse a ``.bed`` whose size disagrees with the ``.fam`` and ``.bim``, blaming the likely culprit.
+
+        Each SNP takes ``ceil(individuals / 4)`` bytes. A size that fits the ``.bim``'s SNPs at another
+        whole number of bytes per SNP points at the ``.fam`` (a row too many or too few); one that fits
+        the ``.fam``'s individuals at another number of SNPs points at the ``.bim``; anything else is a
+        truncated or overlong ``.bed``.
+        """
+        bed, n, m = self.bed, self.n_individuals, self.n_snps
+        per_snp = (n + 3) // 4
+        expected = 3 + m * per_snp
         size = bed.stat().st_size
-        if size != expected:
-            state = "truncated" if size < expected else "longer than its .bim and .fam say"
+        if size == expected:
+            return
+        body = size - 3
+        if body > 0 and body % m == 0:
+            fits = body // m  # bytes per SNP: room for 4 * fits - 3 .. 4 * fits individuals
             raise QlitError(
-                f"{what} {bed} is {state}: {size} bytes, but {self.n_individuals} individuals x {self.n_snps} "
-                f"SNPs need {expected}"
+                f"{what} {bed}: its .fam {self.fam} lists {n} individuals, but the .bed's {size} bytes hold "
+                f"{fits} bytes per SNP for the {m} SNPs of {self.bim}, which is {4 * fits - 3}-{4 * fits} individuals; "
+                "the .fam has rows too many or too few (or belongs to another fileset)"
             )
+        if body > 0 and body % per_snp == 0:  # a .bed cut at a SNP's end looks the same as a .bim row too many
+            held = body // per_snp
+            lead = (
+                f"is truncated, or its .bim {self.bim} has {m - held} row{'s' * (m - held != 1)} too many" if held < m
+                else f"holds {held - m} SNPs more than its .bim {self.bim} lists"
+            )
+            raise QlitError(
+                f"{what} {bed} {lead}: the .bim lists {m} SNPs, but the .bed's {size} bytes hold {held} SNPs of the "
+                f"{n} individuals of {self.fam}"
+            )
+        state = "truncated" if size < expected else "longer than its .bim and .fam say"
+        raise QlitError(
+            f"{what} {bed} is {state}: {size} bytes, but {n} individuals x {m} SNPs need {expected}"
+        )
 
     def read(self, rows: np.ndarray, start: int, stop: int) -> np.ndarray:
         """int8 allele-1 counts of ``rows`` at SNPs ``start:stop`` (-127 for a missing call)."""
@@ -180,6 +210,16 @@ class PlinkDataModule(KFoldDataModule):
         if not cache_gb >= 0:
             raise QlitError(f"cache_gb must be >= 0, got {cache_gb!r}")
         self.block_snps, self.pca_iterations, self.cache_gb = block_snps, pca_iterations, cache_gb
+        self.snps: dict[str, list[str]] = {}
+        self._file_sha256: str | None = None
+        self._predict_features: torch.Tensor | None = None
+        if kwargs.get("predict_file") is not None and not Path(self.bed_file).exists():
+            # New individuals need only the checkpoint (kept SNPs, loadings, scaler) and their own fileset.
+            # Without num_features, num_classes and class_names the CLI builds the model from the checkpoint.
+            self.fileset = None
+            self.populations = list(populations) if populations is not None else []
+            super().__init__(**kwargs)
+            return
         self.fileset = PlinkFileset(bed_file)
         sheet = read_sample_sheet(labels_file, sample_column, label_column)
         labelled = [i for i, iid in enumerate(self.fileset.iid) if iid in sheet]
@@ -221,9 +261,6 @@ class PlinkDataModule(KFoldDataModule):
         self.num_classes = len(chosen)
         self.num_features = n_components
         self.raw_features = self.fileset.n_snps  # until setup: then the SNPs kept by the fold's QC
-        self.snps: dict[str, list[str]] = {}
-        self._file_sha256: str | None = None
-        self._predict_features: torch.Tensor | None = None
         super().__init__(**kwargs)
 
     def make_preprocessor(self) -> Preprocessor:
@@ -244,6 +281,17 @@ class PlinkDataModule(KFoldDataModule):
         raise NotImplementedError("PlinkDataModule streams the .bed in setup(); it has no in-memory load()")
 
     def setup(self, stage: str | None = None) -> None:
+        """Per-fold QC and streamed PCA on the training rows; for ``predict_file``, only open the new fileset.
+
+        New individuals are projected in `predict_dataloader` with the checkpoint's kept SNPs, loadings
+        and scaler (restored after `setup`), never with a PCA of this command's fold.
+        """
+        if stage == "predict" and self.predict_file is not None:
+            if self._predict_features is None:
+                self._predict_fileset = PlinkFileset(self.predict_file, "predict file")
+            return
+        if self.fileset is None:
+            self._need_checkpoint()
         if self.x is None:
             y = self.row_labels
             indices = self.split(y)
@@ -288,9 +336,17 @@ class PlinkDataModule(KFoldDataModule):
             self.raw_features = len(fit.keep)
             self.x, self.y, self.indices = scores, y, indices
             self._split_identity = None
-        if stage == "predict" and self.predict_file is not None:
-            self._predict_fileset = PlinkFileset(self.predict_file, "predict file")
-            self._predict_features = None
+
+    def _need_checkpoint(self) -> None:
+        raise QlitError(
+            f"bed_file not found: {self.bed_file} (only qlit predict with --ckpt_path and a predict_file works "
+            "without the training fileset)"
+        )
+
+    def ensure_fitted(self) -> None:
+        if not self.preprocessor.fitted and self.fileset is None:
+            self._need_checkpoint()
+        super().ensure_fitted()
 
     def _check_kept(self, kept: int) -> None:
         if kept == 0:
@@ -323,6 +379,7 @@ class PlinkDataModule(KFoldDataModule):
             self.predict_ids = [self.fileset.iid[self.rows[i]] for i in self.indices["test"]]
             return self._loader(TensorDataset(self._dataset("test").tensors[0]))
         if self._predict_features is None:
+            self.ensure_fitted()
             self._predict_features = self._project_new(self._predict_fileset)
         return self._loader(TensorDataset(self._predict_features))
 
@@ -409,3 +466,10 @@ class PlinkDataModule(KFoldDataModule):
         if any(len(snps[key]) != width for key in snps):
             raise QlitError(f"the checkpoint's SNP list does not match its preprocessing of {width} SNPs")
         self.snps = {key: [str(v) for v in value] for key, value in snps.items()}
+        self.raw_features = width
+        self._predict_features = None  # projected again under this state
+        names = state_dict.get("class_names")
+        if self.fileset is None and isinstance(names, (list, tuple)):
+            self.class_names = self.populations = [str(n) for n in names]
+            self.num_classes = len(self.class_names)
+            self.num_features = self.preprocessor.state["scale_mean"].numel()

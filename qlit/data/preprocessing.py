@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.decomposition import PCA
-from sklearn.preprocessing import StandardScaler
 
 
 class Preprocessor:
@@ -28,6 +26,9 @@ class Preprocessor:
 
     def fit(self, x: np.ndarray) -> Preprocessor:
         """Fit PCA (if any) and the scaler on ``x``; returns ``self``."""
+        from sklearn.decomposition import PCA
+        from sklearn.preprocessing import StandardScaler
+
         x = np.asarray(x, dtype=np.float64)
         state: dict[str, torch.Tensor] = {}
         if self.n_components is not None:

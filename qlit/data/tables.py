@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import codecs
 import csv
+import difflib
 import gzip
 import importlib.util
 import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from qlit.errors import QlitError
 from qlit.io.files import check_regular_file
+
+if TYPE_CHECKING:  # pandas is imported where a table is read: commands that read none do not pay for it
+    import pandas as pd
 
 TEXT_SUFFIXES = {".csv": ",", ".tsv": "\t", ".csv.gz": ",", ".tsv.gz": "\t"}
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -60,10 +64,18 @@ class Table:
         return [str(c) for c in self.frame.columns]
 
     def require(self, name: str, role: str) -> None:
-        """Raise unless column ``name`` exists; ``role`` says what it was asked for (e.g. ``"target"``)."""
+        """Raise unless column ``name`` exists; ``role`` says what it was asked for (e.g. ``"target"``).
+
+        The message lists the closest names first (ignoring case, then by similarity), so a column that
+        differs only in case or a letter is never hidden among the rest.
+        """
         if name not in self.frame.columns:
-            shown = ", ".join(repr(c) for c in self.columns[:12]) + (", …" if len(self.columns) > 12 else "")
-            raise QlitError(f"{self.source}: no column {name!r} ({role}); the columns are {shown}")
+            close = closest(name, self.columns)
+            hint = f"did you mean {close[0]!r}? The columns are" if close else "the columns are"
+            listed = close + [c for c in self.columns if c not in close]  # the likeliest first: never cut off
+            more = f", … ({len(listed)} in all)" if len(listed) > 12 else ""
+            shown = ", ".join(repr(c) for c in listed[:12]) + more
+            raise QlitError(f"{self.source}: no column {name!r} ({role}); {hint} {shown}")
 
     def numbers(self, name: str, missing: str = "error", hint: str = "") -> np.ndarray:
         """Column ``name`` as float64; NaN marks a missing value when ``missing="keep"``.
@@ -72,6 +84,8 @@ class Table:
             QlitError: a value is not a number or not finite, or (``missing="error"``) is missing;
                 ``hint`` is appended to the missing-value message.
         """
+        import pandas as pd
+
         column = self.frame[name]
         if pd.api.types.is_bool_dtype(column):
             column = column.astype("float64")
@@ -100,6 +114,8 @@ class Table:
         A column of text that also holds numbers is most likely a numeric column with a typo; it is
         reported rather than silently left out of the features.
         """
+        import pandas as pd
+
         column = self.frame[name]
         if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
             return True
@@ -109,6 +125,42 @@ class Table:
         if coerced.notna().any():
             self.numbers(name, missing="keep")  # raises, naming the first value that is not a number
         return False
+
+
+def closest(name: str, names: list[str], limit: int = 3) -> list[str]:
+    """The names most like ``name``, best first: a match ignoring case, then difflib's close matches."""
+    lowered: dict[str, list[str]] = {}
+    for candidate in names:
+        lowered.setdefault(candidate.lower(), []).append(candidate)
+    found = list(lowered.get(name.lower(), []))
+    for match in difflib.get_close_matches(name.lower(), list(lowered), n=limit, cutoff=0.6):
+        found += [c for c in lowered[match] if c not in found]
+    return found[:limit]
+
+
+def binary_kind(start: bytes) -> str | None:
+    """What an obvious binary file is from its first bytes (``"a Parquet file"``, …), or ``None``."""
+    if start.startswith(b"PAR1"):
+        return "a Parquet file"
+    if start.startswith(b"\x1f\x8b"):
+        return "gzip-compressed"
+    if start.startswith(b"PK\x03\x04"):
+        return "a ZIP archive (an Excel .xlsx workbook?)"
+    if start.startswith(b"\xd0\xcf\x11\xe0"):
+        return "an old Excel .xls workbook"
+    return None
+
+
+def _refuse_binary(path: Path, what: str, start: bytes) -> None:
+    """Raise for a text table that is really Parquet, gzip, an Excel workbook: say what to name or do."""
+    kind = binary_kind(start)
+    if kind is None:
+        return
+    fix = {
+        "a Parquet file": "name it .parquet",
+        "gzip-compressed": f"name it {path.name}.gz, or decompress it (gunzip)",
+    }.get(kind, "export it as CSV")
+    raise QlitError(f"{what} {path} is {kind}, not a text table; {fix}")
 
 
 def read_table(path: str | Path, what: str = "data file", *, text_cells: bool = False) -> Table:
@@ -135,7 +187,8 @@ def read_table(path: str | Path, what: str = "data file", *, text_cells: bool = 
         The `Table`.
 
     Raises:
-        QlitError: the file is missing, of an unknown kind, unreadable, empty, or its header is bad.
+        QlitError: the file is missing, of an unknown kind, unreadable, empty, or its header is bad; a
+            Parquet, gzip or Excel file under a text name is named for what it is.
     """
     if text_cells:
         return _read_text_cells(Path(path), what)
@@ -154,27 +207,31 @@ def read_table(path: str | Path, what: str = "data file", *, text_cells: bool = 
         frame = _read_parquet(path)
         text = False
     else:
-        frame = _read_text(path, TEXT_SUFFIXES[suffix])
+        frame = _read_text(path, TEXT_SUFFIXES[suffix], what)
         text = True
     if len(frame) == 0:
         raise QlitError(f"{path}: no data rows (expected a header row and at least one data row)")
     return Table(frame.reset_index(drop=True), str(path), text)
 
 
-def _encoding(path: Path) -> str:
+def _encoding(path: Path, what: str = "data file") -> str:
+    """The text encoding of a table, after refusing a binary file (Parquet, gzip, Excel) under a text name."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as handle:
             start = handle.read(4)
     except OSError as err:
         raise QlitError(f"{path}: cannot be read ({err})") from None
+    _refuse_binary(path, what, start)  # of a .gz, the decompressed start
     if start[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return "utf-16"
     return "utf-8-sig"  # also reads plain UTF-8; strips the mark that would hide the first column's name
 
 
-def _read_text(path: Path, sep: str) -> pd.DataFrame:
-    encoding = _encoding(path)
+def _read_text(path: Path, sep: str, what: str = "data file") -> pd.DataFrame:
+    import pandas as pd
+
+    encoding = _encoding(path, what)
     options = {"sep": sep, "encoding": encoding, "skipinitialspace": True, "low_memory": False}
     try:
         header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, **options)
@@ -198,6 +255,8 @@ def _read_text(path: Path, sep: str) -> pd.DataFrame:
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
     try:
         import pyarrow  # noqa: F401
     except ImportError:
@@ -237,6 +296,8 @@ def _whitespace_separated(path: Path, text: str) -> bool:
 
 def _read_text_cells(path: Path, what: str) -> Table:
     """`read_table` with ``text_cells``: a plain UTF-8 CSV as stripped text cells, line numbers kept."""
+    import pandas as pd
+
     check_regular_file(path, what, "a regular file: give a CSV file")
     try:
         data = path.read_bytes()
@@ -244,6 +305,8 @@ def _read_text_cells(path: Path, what: str) -> Table:
         raise QlitError(f"{what} {path}: permission denied (the file is not readable by this user)") from None
     except OSError as err:
         raise QlitError(f"{what} {path}: cannot be read ({err.strerror or err})") from None
+    if data.startswith(b"PAR1"):
+        raise QlitError(f"{what} {path} is a Parquet file, not a CSV file; export it as CSV")
     if data.startswith(b"\x1f\x8b"):
         raise QlitError(f"{what} {path} is gzip-compressed; decompress it (gunzip) and give the CSV file")
     if data.startswith(b"PK\x03\x04"):
@@ -292,6 +355,8 @@ def _read_text_cells(path: Path, what: str) -> Table:
 
 
 def _builtin(name: str) -> Table:
+    import pandas as pd
+
     package, table = name.split(":", 1)
     if package == "sklearn":
         from sklearn import datasets

@@ -33,7 +33,7 @@ from qlit.errors import QlitError
 from qlit.evaluation.baselines import BASELINES, LOGISTIC_MODEL, MAJORITY_MODEL, TWIN_MODEL
 from qlit.evaluation.folds import FoldJob, check_fold_config, run_fold, tensorboard_args
 from qlit.evaluation.report import write_cv_report
-from qlit.evaluation.runner import ray_module, run_jobs
+from qlit.evaluation.runner import connect, needs_ray, ray_module, run_jobs, shutdown
 from qlit.evaluation.stats import CI_NOTE, METRIC, STD_NOTE, paired, with_stats
 from qlit.io.runs import claim_file
 
@@ -181,6 +181,21 @@ def cross_validate(
     """
     options = options or CVOptions()
     config, logger = prepared(config)
+    # Ray first: an unreachable --address or RAY_ADDRESS is refused before the cv folder is claimed
+    ray, started = None, False
+    if needs_ray(options.workers, options.address, options.gpus_per_fold):
+        option = "--address" if options.address else "--workers"
+        ray, started = connect(options.workers, options.address, option)
+    try:
+        return _cross_validate(cli_class, config, logger, full_config, options)
+    finally:
+        if started:
+            shutdown(ray)
+
+
+def _cross_validate(
+    cli_class: type, config: Namespace, logger: Namespace, full_config: str, options: CVOptions
+) -> dict[str, Any]:
     num_folds = int(config.data.init_args.num_folds)
     name = claim_cv_folder(logger.save_dir, logger.name)
     cv_dir = Path(logger.save_dir) / name

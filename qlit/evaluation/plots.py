@@ -8,17 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.image import imsave
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # Colour-blind-safe qualitative palette (Okabe & Ito), enough for qlit's populations and species.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 
 
 def _figure(width: float, height: float) -> Figure:
+    # matplotlib is imported when the first figure is drawn: a command that draws none does not pay for it
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -168,6 +173,9 @@ def render(fig: Figure) -> np.ndarray:
 
 def save_png(image: Figure | np.ndarray, path: str | Path) -> Path:
     """Write a figure, or pixels from `render`, as a PNG (creating the folder); returns the path."""
+    from matplotlib.figure import Figure
+    from matplotlib.image import imsave
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     imsave(path, render(image) if isinstance(image, Figure) else image, format="png")

@@ -11,6 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
+import sys
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,39 @@ from typing import Any
 from qlit.errors import QlitError
 
 ADDRESS_ENV = "RAY_ADDRESS"
+# Every process of a local Ray that qlit starts inherits this variable (value: one id per start), which is how
+# the guard below finds them all, whoever their parent is by then.
+OWNER_ENV = "QLIT_RAY_OWNER"
+# The guard: a small process of its own session that waits for the driver's end (EOF on its stdin, which only the
+# driver holds), then SIGKILLs every process carrying the driver's OWNER_ENV. Ray stops most of its processes when
+# the driver dies, but its DashboardAgent and RuntimeEnvAgent first try to tell the (dead) GCS, for 60 s, and a
+# SIGTERM does not stop them. It signals single PIDs it found, never a process group.
+_GUARD = r"""
+import os, signal, sys, time
+marker, spare = sys.argv[1].encode(), {os.getpid(), int(sys.argv[2])}
+while os.read(0, 65536):
+    pass
+def owned():
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in spare:
+            try:
+                with open("/proc/%s/environ" % name, "rb") as f:
+                    if marker in f.read().split(b"\0"):
+                        yield int(name)
+            except OSError:
+                pass
+for _ in range(100):
+    found = list(owned())
+    if not found:
+        break
+    for pid in found:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    time.sleep(0.1)
+"""
+_guards: list[subprocess.Popen] = []
 
 
 def ray_module(option: str) -> Any:
@@ -35,17 +71,27 @@ def ray_module(option: str) -> Any:
     return ray
 
 
-def _check_reachable(address: str, option: str) -> None:
-    """Fail in a second, not after Ray's long retries, when nothing listens at ``host:port``."""
+def _check_reachable(address: str, where: str) -> None:
+    """Fail in a second, not after Ray's long retries, when nothing listens at ``host:port``.
+
+    Args:
+        address: The Ray address.
+        where: How errors name it: ``--address 10.0.0.5:6379`` or ``RAY_ADDRESS=10.0.0.5:6379``.
+    """
     if address == "auto" or address.startswith(("ray://", "local")):
         return
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise QlitError(f"{option} {address!r}: expected host:port of a Ray head node (e.g. 10.0.0.5:6379), or auto")
+        raise QlitError(f"{where}: expected host:port of a Ray head node (e.g. 10.0.0.5:6379), or auto")
     try:
         socket.create_connection((host, int(port)), timeout=3).close()
     except OSError as err:
-        raise QlitError(f"{option} {address}: no Ray cluster answers there ({err.strerror or err})") from None
+        raise QlitError(f"{where}: no Ray cluster answers there ({err.strerror or err})") from None
+
+
+def needs_ray(workers: int, address: str | None, gpus: float = 0.0) -> bool:
+    """Whether jobs run on Ray (`run_jobs`): more than one worker, a cluster address (also ``RAY_ADDRESS``) or GPUs."""
+    return workers > 1 or bool(address) or bool(os.environ.get(ADDRESS_ENV)) or bool(gpus)
 
 
 def _has_token() -> bool:
@@ -62,24 +108,63 @@ def connect(workers: int, address: str | None, option: str) -> tuple[Any, bool]:
         Ray, and whether this call started it (and so should shut it down).
     """
     ray = ray_module(option)
+    where = f"{option} {address}" if address else f"{ADDRESS_ENV}={os.environ.get(ADDRESS_ENV)}"
     address = address or os.environ.get(ADDRESS_ENV) or None
     if address is not None:
-        _check_reachable(address, option)
+        _check_reachable(address, where)
     if ray.is_initialized():  # a Ray this process already joined (a notebook, a test) is used as it is
         return ray, False
     # ERROR: a local start would otherwise print Ray's notes on tokens and dashboards before every cv run
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR}
     if address is None:
         # "local": a Ray of its own on this machine, even where a `ray start` cluster is already running
-        address, kwargs["num_cpus"] = "local", workers
+        kwargs["num_cpus"] = workers
+        _start_local(ray, kwargs)
+        return ray, True
     try:
         ray.init(address=address, **kwargs)
     except ConnectionError as err:
         hint = "" if _has_token() else (
             " (a cluster with token authentication needs RAY_AUTH_TOKEN or ~/.ray/auth_token)"
         )
-        raise QlitError(f"{option} {address}: {str(err).splitlines()[0]}{hint}") from None
+        raise QlitError(f"{where}: {str(err).splitlines()[0]}{hint}") from None
     return ray, True
+
+
+def _start_local(ray: Any, kwargs: dict[str, Any]) -> None:
+    """``ray.init`` of a local Ray whose every process the guard stops when this process ends, however it ends."""
+    marker = f"{OWNER_ENV}={uuid.uuid4().hex}"
+    before = os.environ.get(OWNER_ENV)
+    os.environ[OWNER_ENV] = marker.partition("=")[2]  # Ray's processes start with this process's environment
+    try:
+        ray.init(address="local", **kwargs)
+    finally:
+        if before is None:
+            os.environ.pop(OWNER_ENV, None)
+        else:
+            os.environ[OWNER_ENV] = before
+    if sys.platform.startswith("linux"):
+        _guards.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _GUARD, marker, str(os.getpid())],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C or kill of the driver's process group leaves it to clean up
+            )
+        )
+
+
+def shutdown(ray: Any) -> None:
+    """Stop the Ray that `connect` started, and wait (bounded) until its guard has stopped every process left."""
+    ray.shutdown()
+    while _guards:
+        guard = _guards.pop()
+        guard.stdin.close()
+        try:
+            guard.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def as_qlit_worker(cwd: str) -> None:
@@ -124,7 +209,7 @@ def run_jobs(
     """
     if workers < 1:
         raise QlitError(f"{option} must be at least 1, got {workers}")
-    if workers == 1 and address is None and not os.environ.get(ADDRESS_ENV) and not gpus_per_job:
+    if not needs_ray(workers, address, gpus_per_job):
         for i, job in enumerate(jobs):
             yield i, fn(job)
         return
@@ -146,4 +231,4 @@ def run_jobs(
         for ref in pending:
             ray.cancel(ref, force=True)
         if started:
-            ray.shutdown()
+            shutdown(ray)

@@ -62,6 +62,8 @@ def _check_distribution(path: Path, key: str, spec: Any) -> tuple[str, list[Any]
     if len(args) != expected or not all(_number(a) for a in args):
         what = "mean, sd" if name in NORMAL else "low, high"
         raise QlitError(f"{path}: {key}: {name} takes [{what}{', q' if quantized else ''}] as numbers, got {args!r}")
+    if quantized:
+        _check_step(path, key, name, args)
     if name in NORMAL:
         if args[1] <= 0:
             raise QlitError(f"{path}: {key}: {name} needs a positive sd, got {args[1]!r}")
@@ -75,7 +77,35 @@ def _check_distribution(path: Path, key: str, spec: Any) -> tuple[str, list[Any]
         raise QlitError(f"{path}: {key}: {name} bounds must be integers, got [{low}, {high}]")
     if name == "randint" and high - low < 1:
         raise QlitError(f"{path}: {key}: randint [{low}, {high}] holds no integer (the upper bound is excluded)")
+    if quantized:
+        _check_grid(path, key, name, low, high, args[2])
     return name, args
+
+
+def _check_step(path: Path, key: str, name: str, args: list[Any]) -> None:
+    """The step ``q`` of a quantized distribution: positive, and whole for the integer ones."""
+    q = args[2]
+    if q <= 0:
+        raise QlitError(f"{path}: {key}: {name} needs a positive step q, got q={q!r}")
+    if "int" in name and not float(q).is_integer():
+        raise QlitError(f"{path}: {key}: {name} needs a whole-number step q, got q={q!r}")
+
+
+def _multiple(value: float, q: float) -> bool:
+    return math.isclose(value / q, round(value / q))
+
+
+def _check_grid(path: Path, key: str, name: str, low: float, high: float, q: float) -> None:
+    """What Ray Tune would refuse only when sampling: bounds off the step's grid, or a range without a multiple."""
+    if "int" not in name:
+        for bound in (low, high):
+            if not _multiple(bound, q):
+                raise QlitError(
+                    f"{path}: {key}: {name} bounds [{low}, {high}] must be multiples of the step q={q!r}; "
+                    f"{bound!r} is not"
+                )
+    elif math.floor(high / q) < math.ceil(low / q) and not (_multiple(low, q) or _multiple(high, q)):
+        raise QlitError(f"{path}: {key}: {name} [{low}, {high}] holds no multiple of the step q={q!r}")
 
 
 def _check_key(path: Path, key: str, config: Namespace) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from qlit.evaluation.folds import FoldJob, build_cli, class_name, run_fold, tens
 from qlit.evaluation.report import to_json
 from qlit.evaluation.space import apply, apply_to_dict, ray_space, read_space
 from qlit.evaluation.stats import CI_NOTE, METRIC, STD_NOTE, paired, with_stats
-from qlit.io.runs import claim_version, unused_path
+from qlit.io.runs import claim_version, release_if_empty, unused_path
 
 SCORE = "inner_val_loss_mean"
 # Options that say where trials run, not what they are: a resumed sweep may change them.
@@ -173,6 +174,32 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
     )
 
 
+def _sampler(space: dict[str, tuple[str, list[Any]]]) -> dict[str, Any]:
+    """Ray Tune's sampling objects for ``space``; what Ray refuses is one line naming the key, before any write."""
+    for key, spec in space.items():
+        try:
+            ray_space({key: spec})
+        except (ValueError, TypeError, ZeroDivisionError) as err:
+            name, args = spec
+            raise QlitError(f"{key}: Ray Tune refuses {{{name}: {args}}}: {str(err).splitlines()[0]}") from None
+    return ray_space(space)
+
+
+def _prune_states(path: Path) -> None:
+    """Leave only the experiment state Ray Tune restores from (the newest by name) in a finished search's folder.
+
+    A restored search writes its own ``experiment_state-<start time>.json`` beside the interrupted run's, and Ray's
+    storage sync copies the old file again with every save, so the old file's modification time keeps up with the
+    new one's: a reader going by time could find the interrupted run's PENDING/RUNNING trials in a finished search.
+    """
+    patterns = ("experiment_state-*.json", "basic-variant-state-*.json", "search_gen_state-*.json",
+                "searcher-state-*.pkl", "callback-states-*.pkl")
+    for pattern in patterns:
+        states = sorted(path.glob(pattern), key=lambda p: p.name)
+        for old in states[:-1]:
+            old.unlink(missing_ok=True)
+
+
 def _tuner(setup: TrialSetup, space: dict, options: TuneOptions, storage: Path, max_epochs: int, seed: int | None):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -203,7 +230,7 @@ def _tuner(setup: TrialSetup, space: dict, options: TuneOptions, storage: Path, 
     )
     return tune.Tuner(
         trainable,
-        param_space=ray_space(space),
+        param_space=_sampler(space),
         tune_config=tune.TuneConfig(
             metric="val_loss",
             mode="min",
@@ -330,19 +357,50 @@ def run_tune(cli_class: type, config: Namespace, full_config: str, options: Tune
     """Run ``qlit tune``; returns the summary written to ``tune_summary.json``."""
     options.check()
     space = read_space(options.space, config)
+    _sampler(space)
     config, logger = prepared(config, "qlit tune")
     num_folds = int(config.data.init_args.num_folds)
     if config.data.init_args.get("inner_folds") is not None:
         raise QlitError("qlit tune sets data.inner_folds itself; leave it null in the config")
     max_epochs = int(config.trainer.get("max_epochs") or 1000)
     outer_folds = list(range(num_folds)) if options.nested else [int(config.data.init_args.fold)]
+    # the sweep to resume is found before Ray starts; a new one claims its folder once Ray answers
+    resumed = _folder(logger.save_dir, logger.name, resume=True) if options.resume else None
     ray, started = runner.connect(options.workers, options.address, "--address")  # an unreachable one fails here
     try:
-        folder = _folder(logger.save_dir, logger.name, options.resume)
+        folder = resumed or _folder(logger.save_dir, logger.name, resume=False)
     except BaseException:
         if started:
-            ray.shutdown()
+            runner.shutdown(ray)
         raise
+    try:
+        return _run_tune(cli_class, config, full_config, options, space, logger, folder, outer_folds, max_epochs)
+    except BaseException:
+        if not options.resume and not (folder / "ray").exists():
+            # a start that failed before Ray Tune saved anything leaves no tune_<n> for --resume to pick up
+            for path in folder.iterdir():
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+            release_if_empty(folder)
+        raise
+    finally:
+        if started:
+            runner.shutdown(ray)
+
+
+def _run_tune(
+    cli_class: type,
+    config: Namespace,
+    full_config: str,
+    options: TuneOptions,
+    space: dict[str, tuple[str, list[Any]]],
+    logger: Namespace,
+    folder: Path,
+    outer_folds: list[int],
+    max_epochs: int,
+) -> dict[str, Any]:
     name = str(folder.relative_to(Path(logger.save_dir)))
     saved = yaml.safe_load(full_config).get("tune", {})
     saved.pop("config", None)
@@ -365,56 +423,53 @@ def run_tune(cli_class: type, config: Namespace, full_config: str, options: Tune
         f"{options.inner_folds} inner folds of {', '.join(keys)}; logging to {folder}",
         flush=True,
     )
-    try:
-        searches = []
-        for k in outer_folds:
-            setup = TrialSetup(config, k, options.inner_folds, name, os.getcwd(), cli_class)
-            results = _tuner(setup, space, options, storage, max_epochs, seed).fit()
-            if results.num_terminated + results.num_errors < len(results):  # Ray Tune stopped on SIGINT/SIGTERM
-                raise TrainingInterrupted(
-                    signal.SIGINT,
-                    f"tuning interrupted in outer fold {k}; the finished trials are saved: go on with the same "
-                    "command plus --resume true",
-                )
-            trials = _trials(results, keys, options.inner_folds)
-            complete = [t for t in trials if t[SCORE] is not None and math.isfinite(t[SCORE])]
-            if not complete:
-                reasons = "; ".join(sorted({t.get("error", t["status"]) for t in trials}))[:300]
-                raise QlitError(f"outer fold {k}: no trial of {options.num_samples} completed ({reasons})")
-            best = min(complete, key=lambda t: t[SCORE])
-            searches.append({"fold": k, "trials": trials, "best_config": best["config"], "best_score": best[SCORE]})
-            print(
-                f"qlit tune: outer fold {k}: best of {len(trials)} trials {SCORE} {best[SCORE]:.4f} with "
-                + ", ".join(f"{key}={_short(v)}" for key, v in best["config"].items()),
-                flush=True,
+    searches = []
+    for k in outer_folds:
+        setup = TrialSetup(config, k, options.inner_folds, name, os.getcwd(), cli_class)
+        results = _tuner(setup, space, options, storage, max_epochs, seed).fit()
+        if results.num_terminated + results.num_errors < len(results):  # Ray Tune stopped on SIGINT/SIGTERM
+            raise TrainingInterrupted(
+                signal.SIGINT,
+                f"tuning interrupted in outer fold {k}; the finished trials are saved: go on with the same "
+                "command plus --resume true",
             )
+        _prune_states(storage / f"outer_{k}")
+        trials = _trials(results, keys, options.inner_folds)
+        complete = [t for t in trials if t[SCORE] is not None and math.isfinite(t[SCORE])]
+        if not complete:
+            reasons = "; ".join(sorted({t.get("error", t["status"]) for t in trials}))[:300]
+            raise QlitError(f"outer fold {k}: no trial of {options.num_samples} completed ({reasons})")
+        best = min(complete, key=lambda t: t[SCORE])
+        searches.append({"fold": k, "trials": trials, "best_config": best["config"], "best_score": best[SCORE]})
+        print(
+            f"qlit tune: outer fold {k}: best of {len(trials)} trials {SCORE} {best[SCORE]:.4f} with "
+            + ", ".join(f"{key}={_short(v)}" for key, v in best["config"].items()),
+            flush=True,
+        )
 
-        jobs: list[tuple[str, FoldJob]] = []
-        for search in searches:
-            k = search["fold"]
-            jobs.append(
-                (
-                    "tuned",
-                    FoldJob(
-                        apply(config, search["best_config"]), k, f"{name}/tuned", "tuned hybrid", cli_class=cli_class
-                    ),
-                )
+    jobs: list[tuple[str, FoldJob]] = []
+    for search in searches:
+        k = search["fold"]
+        jobs.append(
+            (
+                "tuned",
+                FoldJob(
+                    apply(config, search["best_config"]), k, f"{name}/tuned", "tuned hybrid", cli_class=cli_class
+                ),
             )
-            jobs.append(
-                (
-                    "untuned",
-                    FoldJob(config, k, f"{name}/untuned", "untuned hybrid", baselines=True, cli_class=cli_class),
-                )
+        )
+        jobs.append(
+            (
+                "untuned",
+                FoldJob(config, k, f"{name}/untuned", "untuned hybrid", baselines=True, cli_class=cli_class),
             )
-        results: dict[tuple[str, int], dict[str, Any]] = {}
-        for i, result in runner.run_jobs(
-            run_fold, [j for _, j in jobs], options.workers, options.address, options.gpus_per_trial, "--workers"
-        ):
-            kind, job = jobs[i]
-            results[kind, job.fold] = result
-    finally:
-        if started:
-            ray.shutdown()
+        )
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+    for i, result in runner.run_jobs(
+        run_fold, [j for _, j in jobs], options.workers, options.address, options.gpus_per_trial, "--workers"
+    ):
+        kind, job = jobs[i]
+        results[kind, job.fold] = result
 
     per_model: dict[str, list[dict[str, Any]]] = {
         m: [] for m in ("tuned", "untuned", "logistic_regression", "majority_class")

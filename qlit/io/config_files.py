@@ -37,10 +37,10 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _m
 
 
 def config_paths(args: Sequence[str]) -> list[str]:
-    """The paths given to ``--config`` (as ``--config X`` or ``--config=X``) in a command line."""
+    """The paths given to ``--config`` (as ``--config X``, ``-c X`` or ``--config=X``) in a command line."""
     paths = []
     for i, arg in enumerate(args):
-        if arg == "--config" and i + 1 < len(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
             paths.append(args[i + 1])
         elif arg.startswith("--config="):
             paths.append(arg.split("=", 1)[1])
@@ -81,12 +81,7 @@ def load_yaml_strict(path: str | Path, what: str = "config") -> Any:
 
 
 def check_config_file(path: str | Path) -> None:
-    """Raise a `QlitError` naming ``path`` if it is not a readable YAML mapping without repeated keys.
-
-    A missing file is left to the CLI, whose own message names it.
-    """
-    if not Path(path).exists():
-        return
+    """Raise a `QlitError` naming ``path`` if it is missing, or not a readable YAML mapping without repeated keys."""
     content = load_yaml_strict(path)
     if content is not None and not isinstance(content, dict):
         kind = type(content).__name__

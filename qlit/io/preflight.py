@@ -30,10 +30,12 @@ def preflight(cli: Any, subcommand: str) -> None:
         QlitError: naming the data value, file or checkpoint at fault.
     """
     config = cli.config[subcommand]
-    if cli.datamodule is not None:
-        cli.datamodule.setup(subcommand)
     ckpt_path = config.get("ckpt_path")
     checkpoint = getattr(cli, "_checkpoint", None)
+    if subcommand == "predict" and ckpt_path and checkpoint is not None and cli.datamodule is not None:
+        restore_for_new_samples(checkpoint, Path(ckpt_path), cli.model, cli.datamodule)
+    if cli.datamodule is not None:
+        cli.datamodule.setup(subcommand)
     if ckpt_path and checkpoint is not None:
         check_checkpoint_fits(checkpoint, Path(ckpt_path), cli.model, cli.datamodule, subcommand)
         if cli.datamodule is not None:
@@ -44,6 +46,36 @@ def preflight(cli: Any, subcommand: str) -> None:
                 check_predict(checkpoint.get(type(cli.datamodule).__qualname__))
     if subcommand == "fit" and not ckpt_path:
         _check_fresh_run_folder(config)
+
+
+def restore_for_new_samples(checkpoint: dict[str, Any], path: Path, model: Any, datamodule: Any) -> None:
+    """Give a data module predicting a ``predict_file`` the checkpoint's fitted state before it reads the file.
+
+    Lightning restores the data module's state only after ``setup("predict")``; restoring it first lets
+    the predict file be checked against the columns, SNPs and imputation the model was trained with,
+    before anything is written. Everything that shapes a new sample then comes from the checkpoint,
+    never from this command's fold or training data (which may be gone). Nothing is done for predict
+    on the test fold, or when the checkpoint holds no state of this data module (`check_checkpoint_fits`
+    says so).
+
+    Raises:
+        QlitError: the model built for this command names other classes than the checkpoint's data
+            (its config's data differ from those it was trained on), so its predictions would be mislabelled.
+    """
+    if not getattr(datamodule, "predict_file", None):
+        return
+    state = checkpoint.get(type(datamodule).__qualname__)
+    if not isinstance(state, dict) or "preprocessing" not in state:
+        return
+    saved, current = state.get("class_names"), getattr(model, "class_names", None)
+    if isinstance(saved, (list, tuple)) and current is not None and list(saved) != list(current):
+        source = getattr(datamodule, "path", None) or type(datamodule).__name__
+        raise QlitError(
+            f"{path} was trained on classes {list(saved)}, but this config's data ({source}) gives {list(current)}; "
+            "point the config at the data the model was trained on (a table that no longer exists is fine: "
+            "predicting needs only the checkpoint and the new file)"
+        )
+    datamodule.load_state_dict(state)
 
 
 def check_checkpoint_fits(checkpoint: dict[str, Any], path: Path, model: Any, datamodule: Any, subcommand: str) -> None:
@@ -78,7 +110,7 @@ def check_checkpoint_fits(checkpoint: dict[str, Any], path: Path, model: Any, da
             "use the config the checkpoint was trained with"
         )
     raw = data_state.get("raw_features")
-    if raw is not None and raw != datamodule.raw_features:
+    if raw is not None and raw != getattr(datamodule, "raw_features", raw):
         raise QlitError(f"{path} was trained on data with {raw} raw features; this data has {datamodule.raw_features}")
     names = data_state.get("class_names")
     if subcommand != "predict" and names is not None and list(names) != list(datamodule.class_names):

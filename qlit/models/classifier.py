@@ -210,10 +210,12 @@ class HybridClassifier(L.LightningModule):
         # batches as the others (Lightning's DistributedSampler pads), so under DDP all skip or none does.
         if not metric.updated:
             return
+        # torchmetrics reduces over processes here, in a hook every rank runs in the same order. The logged values
+        # are already global, so they are logged without sync_dist: Lightning would otherwise reduce them again
+        # lazily, from whichever callback first reads the metrics, and the progress bar reads them on rank 0 only.
         values = metric.compute()
-        # Already reduced over processes by torchmetrics; sync_dist averages equal values (and keeps Lightning quiet).
-        self.log(f"{stage}_loss", values["loss"], prog_bar=stage != "train", sync_dist=True)
-        self.log(f"{stage}_acc", values["acc"], prog_bar=True, sync_dist=True)
+        self.log(f"{stage}_loss", values["loss"], prog_bar=stage != "train")
+        self.log(f"{stage}_acc", values["acc"], prog_bar=True)
         metric.reset()
 
     def on_train_epoch_end(self) -> None:

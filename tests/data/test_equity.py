@@ -53,6 +53,8 @@ def test_corrupting_prices_after_day_t_changes_nothing_at_or_before_it(tmp_path)
     rng = np.random.default_rng(1)
     for column in ("open", "high", "low", "close"):
         corrupt.loc[t + 1:, column] *= np.exp(rng.normal(0, 0.05, len(frame) - t - 1))
+    bars_after = corrupt.loc[t + 1:, ["open", "high", "low", "close"]]  # still bars: a high below its low is refused
+    corrupt.loc[t + 1:, "high"], corrupt.loc[t + 1:, "low"] = bars_after.max(axis=1), bars_after.min(axis=1)
     corrupt.loc[t + 1:, "volume"] = rng.integers(1, 10**9, len(frame) - t - 1)
     corrupt.to_csv("b.csv", index=False)
     a = EquityDataModule(path="a.csv", horizon=horizon)
@@ -227,7 +229,15 @@ def text_close(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def high_below_low(frame: pd.DataFrame) -> pd.DataFrame:
+    high, low = frame.loc[40, "high"], frame.loc[40, "low"]
+    frame.loc[40, "high"], frame.loc[40, "low"] = low, high
+    return frame
+
+
+DAY_40 = str(pd.bdate_range("2020-01-01", periods=41)[-1].date())
 CASES = [
+    price_case("high-below-low", [], ["prices.csv", "line 42", DAY_40, "high", "below low"], high_below_low),
     price_case("file-missing", ["--data.init_args.path=absent.csv"], ["absent.csv"]),
     price_case("close-missing", ["--data.init_args.price_column=adj close"], ["prices.csv", "'adj close'"]),
     price_case("non-numeric-close", [], ["prices.csv", "line 11", "'close'", "'n/a?'"], text_close),

@@ -240,6 +240,12 @@ def _bad(tmp: Path, fileset: Path, kind: str) -> list[str]:
     elif kind == "no-match":
         panel.write_text("\n".join(line.replace("0", "X", 1) if i else line
                                    for i, line in enumerate(panel.read_text().splitlines())) + "\n")
+    elif kind == "extra-fam-row":
+        with bed.with_suffix(".fam").open("a") as fam:
+            fam.write("EXTRA EXTRA 0 0 1 -9\n")
+    elif kind == "extra-bim-row":
+        with bed.with_suffix(".bim").open("a") as bim:
+            bim.write("1\trsEXTRA\t0\t99999999\tA\tG\n")
     elif kind == "all-monomorphic":
         write_bed(bed, np.zeros((120, 2000), dtype=np.int8))
     return [f"--data.init_args.bed_file={bed}", f"--data.init_args.labels_file={panel}"]
@@ -250,6 +256,9 @@ def _bad(tmp: Path, fileset: Path, kind: str) -> list[str]:
     [
         ("no-bim", [], ["sim.bim", "beside it"]),
         ("truncated", [], ["sim.bed", "truncated", "1000 bytes"]),
+        ("extra-fam-row", [], ["sim.fam", "121 individuals", "sim.bed", "60003 bytes", "2000 SNPs", "117-120"]),
+        ("extra-bim-row", [], ["sim.bed is truncated, or its .bim", "sim.bim has 1 row too many", "2001 SNPs",
+                               "hold 2000 SNPs", "120 individuals", "sim.fam"]),
         ("not-plink", [], ["sim.bed", "not a PLINK .bed"]),
         ("no-column", [], ["sim.panel", "'super_pop'", "label_column"]),
         ("no-match", [], ["sim.panel", "no 'sample' matches", "sim.fam"]),
@@ -292,3 +301,21 @@ def test_fit_test_and_predict_a_new_fileset_through_the_cli(fileset, tmp_path, c
     one_line_error(["predict", *args, "--ckpt_path=best", f"--data.predict_file={far}"], capfd,
                    ["far.bed", "shares no SNP"])
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_predict_a_new_fileset_needs_only_the_checkpoint_whatever_the_fold(fileset, tmp_path):
+    train = copy_fileset(fileset, tmp_path / "train" / "sim")
+    data = [f"--data.init_args.bed_file={train}", f"--data.init_args.labels_file={train.with_suffix('.panel')}",
+            "--data.init_args.num_folds=3", "--data.init_args.block_snps=700"]
+    args = ["--config", CONFIG, *data, *QUICK]
+    main(["fit", *args, "--trainer.max_epochs=1"])
+    run = tmp_path / "lightning_logs" / "genotypes_plink" / "version_0"
+    new = write_fileset(tmp_path / "new" / "new", 30, 2000, seed=1, block_snps=2000, quiet=True)
+    predict = ["predict", *args, "--ckpt_path=best", f"--data.predict_file={new}"]
+    main([*predict, "--data.fold=0"])
+    main([*predict, "--data.fold=1"])  # another fold's QC and PCA would keep other SNPs and loadings
+    assert (run / "predictions.csv").read_text() == (run / "predictions_1.csv").read_text(), "fold must not matter"
+    train.parent.rename(tmp_path / "moved")  # the training fileset is gone: the checkpoint holds all predict needs
+    main([*predict, "--data.fold=2"])
+    outputs = [(run / name).read_text() for name in ("predictions.csv", "predictions_1.csv", "predictions_2.csv")]
+    assert outputs[0] == outputs[1] == outputs[2] and len(outputs[0].splitlines()) == 31

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -191,4 +193,135 @@ def test_bad_table_is_one_line_exit_2_and_writes_nothing(tmp_path, capfd, args, 
         Path(name).write_text(text)
     before = snapshot(tmp_path)
     one_line_error(args, capfd, words)
+    assert snapshot(tmp_path) == before
+
+
+CATS_AND_DOGS = "x,y,label\n" + "".join(f"{i},{i % 3},{'cat' if i % 2 else 'dog'}\n" for i in range(20))
+SINGLE_ROW_CLASS = CATS_AND_DOGS + "7,1,bird\n"
+MISSING_VALUE = CATS_AND_DOGS + ",1,cat\n"
+HARDENING_CASES = [
+    table_case("single-row-class", [*FIT, "--data.init_args.path=few.csv", "--data.init_args.target=label"],
+               ["few.csv", "'label'", "only 1 sample of class 'bird'"], {"few.csv": SINGLE_ROW_CLASS}),
+    table_case("id-column-is-the-target", [*FIT, *GOOD, "--data.init_args.id_column=species"],
+               ["id_column 'species'", "target"]),
+    table_case("impute-null-means-missing-is-an-error",
+               [*FIT, "--data.init_args.path=m.csv", "--data.init_args.target=label", "--data.init_args.impute=null"],
+               ["m.csv", "line 22", "'x'", "missing value"], {"m.csv": MISSING_VALUE}),
+]
+
+
+@pytest.mark.parametrize(("args", "words", "files"), HARDENING_CASES)
+def test_more_bad_tables_are_one_line_naming_the_culprit(tmp_path, capfd, args, words, files):
+    animals().to_csv("a.csv", index=False)
+    for name, text in files.items():
+        Path(name).write_text(text)
+    before = snapshot(tmp_path)
+    one_line_error(args, capfd, words)
+    assert snapshot(tmp_path) == before
+
+
+def test_impute_null_is_no_imputation(tmp_path):
+    frame = animals()
+    frame.to_csv("a.csv", index=False)
+    dm = TabularDataModule(path="a.csv", target="species", impute=None)
+    dm.setup("fit")
+    assert dm.impute == "error" and dm.state_dict()["impute"] == "error"
+    frame.loc[3, "age"] = np.nan
+    frame.to_csv("b.csv", index=False)
+    with pytest.raises(QlitError, match=r"b\.csv: line 5, column 'age': missing value"):
+        TabularDataModule(path="b.csv", target="species", impute=None).setup("fit")
+
+
+def test_wrong_target_names_the_closest_columns_first(tmp_path):
+    frame = pd.DataFrame({f"m{i}": [1.0, 2.0] for i in range(20)})
+    frame["diagnosis"] = ["a", "b"]
+    frame.to_csv("wide.csv", index=False)
+    with pytest.raises(QlitError) as err:
+        TabularDataModule(path="wide.csv", target="Diagnosis")
+    message = str(err.value)
+    assert "no column 'Diagnosis'" in message and "did you mean 'diagnosis'?" in message, message
+    assert message.index("'diagnosis'") < message.index("'m0'") and "(21 in all)" in message, message
+
+
+def _workbook(path: Path) -> None:
+    """A ZIP archive, as an Excel .xlsx workbook is."""
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("xl/workbook.xml", "<workbook/>")
+
+
+@pytest.mark.parametrize(
+    ("write", "words"),
+    [
+        (lambda path: animals().to_parquet(path, index=False), ["is a Parquet file", "name it .parquet"]),
+        (lambda path: path.write_bytes(gzip.compress(b"x,y\n1,2\n")), ["gzip-compressed", "t.csv.gz"]),
+        (lambda path: _workbook(path), ["ZIP archive", "xlsx", "export it as CSV"]),
+    ],
+    ids=["parquet", "gzip", "xlsx"],
+)
+def test_binary_file_named_csv_says_what_it_is(tmp_path, capfd, write, words):
+    write(tmp_path / "t.csv")
+    with pytest.raises(QlitError) as err:
+        read_table("t.csv")
+    assert "t.csv" in str(err.value) and all(w in str(err.value) for w in words), str(err.value)
+    if words[0] == "is a Parquet file":  # through the CLI: one line, nothing written
+        before = snapshot(tmp_path)
+        one_line_error([*FIT, "--data.init_args.path=t.csv", "--data.init_args.target=species"], capfd,
+                       ["t.csv", "Parquet", ".parquet"])
+        assert snapshot(tmp_path) == before
+
+
+def test_unique_non_feature_column_is_the_sample_id_and_the_choice_is_said(tmp_path, capsys):
+    frame = animals()
+    frame.to_csv("a.csv", index=False)
+    dm = TabularDataModule(path="a.csv", target="species", num_folds=3)
+    assert "qlit: using column 'name' as the sample id (set data.id_column to choose)" in capsys.readouterr().out
+    assert "name" not in dm.feature_columns and dm.feature_columns == ["weight", "height", "age"]
+    dm.setup("fit")
+    assert list(dm.row_ids[:2]) == ["a0", "a1"] and dm.state_dict()["id_column"] == "name"
+    frame.drop(columns=["name"]).to_csv("b.csv", index=False)
+    dm = TabularDataModule(path="b.csv", target="species", num_folds=3)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "b.csv" in out[0] and "row numbers" in out[0], out
+    dm.setup("fit")
+    assert list(dm.row_ids[:2]) == ["0", "1"]
+
+
+def test_predict_needs_only_the_checkpoint_and_the_new_file(tmp_path, capfd):
+    frame = animals(60)
+    frame.loc[[3, 10, 21], "height"] = np.nan
+    frame.to_csv("train.csv", index=False)
+    data = ["--data.init_args.path=train.csv", "--data.init_args.target=species",
+            "--data.init_args.n_components=null", "--data.init_args.num_folds=3", "--data.init_args.impute=mean"]
+    run_cli(["fit", "--config", TABULAR, *data, "--trainer.max_epochs=1"])
+    run = Path("lightning_logs/tabular/version_0")
+    new = frame.drop(columns=["species"]).iloc[:8].copy()
+    new.loc[[0, 1], "weight"] = np.nan  # imputed with the checkpoint's means, whatever the command's fold
+    new.to_csv("new.csv", index=False)
+    predict = ["predict", "--config", TABULAR, *data, "--ckpt_path=best", "--data.init_args.predict_file=new.csv"]
+    run_cli([*predict, "--data.init_args.fold=0"])
+    run_cli([*predict, "--data.init_args.fold=1"])
+    assert (run / "predictions.csv").read_text() == (run / "predictions_1.csv").read_text(), "fold must not matter"
+    Path("train.csv").rename("moved.csv")  # the training table is gone: the checkpoint holds all predict needs
+    run_cli([*predict, "--data.init_args.fold=2"])
+    outputs = [(run / name).read_text() for name in ("predictions.csv", "predictions_1.csv", "predictions_2.csv")]
+    assert outputs[0] == outputs[1] == outputs[2]
+    rows = list(csv.reader(outputs[0].splitlines()))
+    assert [r[0] for r in rows[1:]] == [f"a{i}" for i in range(8)], "the id column chosen at fit is the id"
+
+    new.assign(age=[True, False] * 4).to_csv("flags.csv", index=False)
+    capfd.readouterr()
+    before = snapshot(tmp_path)
+    one_line_error([*predict[:-1], "--data.init_args.predict_file=flags.csv"], capfd,
+                   ["flags.csv", "'age'", "True/False", "train.csv"])
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "test", "predict"])
+def test_without_the_training_table_only_predict_from_a_checkpoint_runs(subcommand, tmp_path, capfd):
+    """Before: a traceback (HybridClassifier missing in_features), as the data module had nothing to size the model."""
+    animals(12).drop(columns=["species"]).to_csv("new.csv", index=False)
+    args = [subcommand, "--config", TABULAR, "--data.init_args.path=gone.csv", "--data.init_args.target=species",
+            "--data.init_args.predict_file=new.csv"]  # fmt: skip
+    before = snapshot(tmp_path)
+    one_line_error(args, capfd, ["gone.csv", "qlit predict --ckpt_path", "new.csv"])
     assert snapshot(tmp_path) == before
