@@ -43,14 +43,12 @@ from qlit.io.runs import (
     version_of,
 )
 from qlit.models import HybridClassifier
+from qlit.runtime import apply_threads
 
 DEBUG_ENV = "QLIT_DEBUG"
-THREADS_ENV = "QLIT_NUM_THREADS"
 DDP_TIMEOUT_ENV = "QLIT_DDP_TIMEOUT"
 # A version folder claimed by the launching process, inherited by the DDP processes Lightning starts from it.
 RUN_VERSION_ENV = "QLIT_RUN_VERSION"
-# The circuits up to this width are small enough that torch's intra-op threads cost more than they give.
-SINGLE_THREAD_MAX_QUBITS = 8
 # A CPU DDP peer that stops answering fails the job after this long (torch's default is 30 minutes).
 DDP_CPU_TIMEOUT_S = 300
 QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric")
@@ -200,12 +198,13 @@ class QlitTrainer(L.Trainer):
         repeats: int = 3,
         seed: int = 0,
         twin_ckpt: str | None = None,
+        split: Literal["val", "test"] = "val",
     ) -> None:
-        """Score one checkpoint on its test fold over a grid of noise levels and shot counts (table + plot).
+        """Score one checkpoint over a grid of noise levels and shot counts on its validation rows (table, plot).
 
         Args:
             model: The configured model (rebuilt from the checkpoint's hyperparameters).
-            datamodule: The data whose test fold the checkpoint was trained beside.
+            datamodule: The data whose fold the checkpoint was trained on.
             ckpt_path: The checkpoint: ``best``, ``last`` or a file.
             channel: Gate channel after every gate: depolarizing, amplitude_damping, phase_damping, bit_flip
                 or phase_flip.
@@ -214,6 +213,8 @@ class QlitTrainer(L.Trainer):
             repeats: Scores per cell with shots, from seeds seed, seed + 1, ... (mean and sd reported).
             seed: First seed of every cell.
             twin_ckpt: Checkpoint of the classical twin (--model.core classical, same fold) for its reference line.
+            split: The rows scored: val (default), the validation rows, to choose on; test, the fold's test rows,
+                only for the final report of a choice already made (every report written names it).
         """
         raise QlitError("robustness runs from the command line: qlit robustness --config <file> --ckpt_path best")
 
@@ -458,12 +459,17 @@ class QlitCLI(LightningCLI):
     def robustness(
         self, model: Any, datamodule: Any = None, ckpt_path: str | None = None, channel: str = "depolarizing",
         noise_levels: list[float] = list(DEFAULT_LEVELS), shots: list[int | None] = list(DEFAULT_SHOTS),
-        repeats: int = 3, seed: int = 0, twin_ckpt: str | None = None,
+        repeats: int = 3, seed: int = 0, twin_ckpt: str | None = None, split: str = "val",
     ) -> None:
-        """Run ``qlit robustness``: `qlit.evaluation.robustness` on the resolved checkpoint, printing the table."""
+        """Run ``qlit robustness``: `qlit.evaluation.robustness` on the resolved checkpoint, printing the table.
+
+        ``split`` is ``val`` (the validation rows) unless ``--split test`` asks for the test fold.
+        """
         if not ckpt_path or datamodule is None:
             raise QlitError("qlit robustness needs a checkpoint and its data: --config <file> --ckpt_path best|FILE")
-        report = run_robustness(Path(ckpt_path), datamodule, channel, noise_levels, shots, repeats, seed, twin_ckpt)
+        report = run_robustness(
+            Path(ckpt_path), datamodule, channel, noise_levels, shots, repeats, seed, twin_ckpt, split=split
+        )
         print(Path(report["files"]["md"]).read_text(), end="")
         print(f"qlit robustness: wrote {Path(report['files']['md']).parent}", file=sys.stderr)
 
@@ -624,26 +630,12 @@ def _is_cpu_ddp(trainer_config: dict[str, Any]) -> bool:
 
 
 def _choose_threads(config: Any) -> None:
-    """One torch thread for small circuits, unless the user chose (``QLIT_NUM_THREADS``, ``OMP_NUM_THREADS``).
+    """Set torch's threads by `qlit.runtime.choose_threads`, the policy a Ray worker of cv or tune follows too.
 
-    A training step of these networks is a few dozen tiny tensor operations: two intra-op threads
-    only wait on each other, and on a busy 2-core machine a step took 700 ms instead of 21-38 ms.
+    One thread whatever the circuit's width, unless the user chose (``QLIT_NUM_THREADS``, ``OMP_NUM_THREADS``):
+    a job then gives the same numbers serially and on Ray.
     """
-    chosen = os.environ.get(THREADS_ENV)
-    if chosen:
-        try:
-            threads = int(chosen)
-        except ValueError:
-            raise QlitError(f"{THREADS_ENV} must be a positive integer, got {chosen!r}") from None
-        if threads < 1:
-            raise QlitError(f"{THREADS_ENV} must be a positive integer, got {chosen!r}")
-        torch.set_num_threads(threads)
-        return
-    if os.environ.get("OMP_NUM_THREADS"):
-        return
-    n_qubits = config.model.get("n_qubits") if config.get("model") is not None else None
-    if isinstance(n_qubits, int) and n_qubits <= SINGLE_THREAD_MAX_QUBITS:
-        torch.set_num_threads(1)
+    apply_threads()
 
 
 def _no_bars_without_a_terminal(config: Any) -> None:
@@ -665,8 +657,8 @@ def _refuse_new_samples_without_a_checkpoint(subcommand: str, config: Any) -> No
     The data modules let a missing training table or fileset pass when ``predict_file`` is set (the model's size and
     classes then come from the checkpoint); any other command would build a model with nothing to size it from.
     """
-    data = config.get("data")
-    init = data.get("init_args") if data is not None and not isinstance(data, str) else None
+    data_config = config.get("data")
+    init = data_config.get("init_args") if data_config is not None and not isinstance(data_config, str) else None
     if init is None or not init.get("predict_file") or (subcommand == "predict" and config.get("ckpt_path")):
         return
     source = init.get("bed_file") or init.get("path")

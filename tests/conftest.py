@@ -11,7 +11,17 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
 
+# The longest modules, longest first. Under xdist (`--dist loadscope`, see pyproject.toml) whole modules are dealt
+# to the two workers in collection order: starting with these keeps one worker from ending alone on a long one.
+LONG_MODULES = (
+    "test_tune.py", "test_ray.py", "test_ddp.py", "test_hardening.py", "test_resume.py", "test_ray_cluster.py",
+    "test_bad_input.py", "test_predict.py", "test_tune_untrusted_state.py", "test_tune_provenance.py",
+)  # fmt: skip
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a module's own order is kept
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -230,3 +230,16 @@ def test_cv_with_an_unreachable_ray_is_one_line_and_writes_nothing(
     line = one_line_error(["cv", "--config", IRIS, *options], capfd, (named, "no Ray cluster answers"))
     assert "--workers" not in line or "--workers" in named
     assert sorted(p.name for p in (tmp_path / "lightning_logs" / "iris").iterdir()) == ["cv_summary.json"]
+
+
+def test_a_fold_under_shots_takes_accuracy_and_confusion_matrix_from_one_test_pass():
+    from qlit.evaluation.folds import FoldJob, run_fold
+
+    # One shot per ⟨Z⟩: every pass over the test rows is a new, very noisy draw of the predictions.
+    args = ["--config", IRIS, "--trainer.max_epochs=1", "--model.shots=1", "--model.shot_gradient=exact",
+            "--data.init_args.num_folds=2", *QUICK]
+    config = QlitCLI(args=args, run=False).config
+    record = run_fold(FoldJob(config, 0, "shots"))["record"]
+    confusion = np.array(record["confusion_matrix"])
+    assert confusion.sum() == record["n_test"]
+    assert record["test_acc"] == pytest.approx(np.trace(confusion) / confusion.sum(), abs=1e-6)

@@ -136,3 +136,17 @@ def test_qlit_diagnose_writes_a_report_per_run(capfd):
         main([*args[:-1], "--samples=1"])
     assert exit_info.value.code == 2 and "--samples must be an integer >= 2" in capfd.readouterr().err
     assert not Path("lightning_logs/iris/diagnose_2").exists()
+
+
+def test_qlit_diagnose_draws_the_model_init_with_the_configured_init_std(capfd):
+    args = ["diagnose", "--config", str(CONFIGS / "iris.yaml"), "--qubits=[2]", "--layers=[1]", "--samples=4",
+            "--model.init_std=0.7"]
+    main(args)
+    report = json.loads(Path("lightning_logs/iris/diagnose_0/barren_plateau.json").read_text())
+    model = next(r for r in report["records"] if r["init"] == "model")
+    assert model["init_std"] == 0.7 and "normal with std 0.7" in capfd.readouterr().out
+    _, weights, _ = diagnostics.parameter_gradients(2, 1, "basic", "X", "model", n_samples=4, init_std=0.7)
+    expected = diagnostics.gradient_variance(2, 1, "basic", "X", "model", n_samples=4, init_std=0.7)["variance"]
+    assert model["variance"] == pytest.approx(expected, rel=1e-12)
+    assert diagnostics.gradient_variance(2, 1, "basic", "X", "model", n_samples=4)["variance"] != expected
+    assert weights.std().item() > 0.3  # drawn at 0.7, not at the default 0.05

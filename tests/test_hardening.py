@@ -30,8 +30,9 @@ def environment() -> dict[str, str]:
 
 def test_runs_started_together_never_share_a_folder(in_tmp_path: Path):
     cv = ["cv", "--config", IRIS, "--data.num_folds=2", "--trainer.max_epochs=1"]
-    fit = ["fit", "--config", IRIS, "--trainer.max_epochs=1"]
-    commands = [qlit(*cv, "--seed_everything=1"), qlit(*cv, "--seed_everything=2"), qlit(*fit), qlit(*fit)]
+    # the fits as a user runs them, output to pipes: no progress bar unless asked for
+    fit = [sys.executable, "-m", "qlit", "fit", "--config", IRIS, "--trainer.max_epochs=1"]
+    commands = [qlit(*cv, "--seed_everything=1"), qlit(*cv, "--seed_everything=2"), fit, fit]
     procs = [
         subprocess.Popen(c, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for c in commands
@@ -39,6 +40,11 @@ def test_runs_started_together_never_share_a_folder(in_tmp_path: Path):
     results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
     for code, out, err in results:
         assert code == 0, err[-3000:]
+    for _, out, err in results[2:]:
+        # nothing on stderr (before: Lightning's "fewer batches than the logging interval" warning), and only
+        # qlit's own lines on stdout, each on a line of its own (before: progress bars with carriage returns)
+        assert err == "", err[-2000:]
+        assert "\r" not in out and all(line.startswith("qlit:") for line in out.splitlines()), out[-2000:]
 
     experiment = Path("lightning_logs/iris")
     summaries = [json.loads(p.read_text()) for p in sorted(experiment.rglob("cv_summary.json"))]

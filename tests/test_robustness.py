@@ -113,3 +113,29 @@ def test_a_resume_keeps_the_conditions_it_was_trained_under(runs, capfd):
                    ("model.shots=100 here but 50",))
     main([*resume, "--model.noise={depolarizing: 0.05}", "--model.shots=50"])  # the same conditions resume
     assert torch.load(runs["noisy"] / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
+
+
+def _sweep(runs, capfd, *options: str) -> tuple[dict, str, Path]:
+    capfd.readouterr()
+    main(["robustness", *_args(runs, "quantum"), "--ckpt_path=best", "--noise_levels=[0]", "--shots=[null]", *options])
+    captured = capfd.readouterr()
+    folder = Path(re.search(r"qlit robustness: wrote (\S+)", captured.err).group(1))
+    return json.loads((folder / "robustness.json").read_text()), captured.out, folder
+
+
+def test_robustness_scores_the_validation_rows_unless_asked_for_the_test_fold(runs, capfd):
+    from qlit.data import IrisDataModule
+    from qlit.evaluation.robustness import robustness_figure
+
+    data = IrisDataModule(classes=["setosa", "versicolor"], num_folds=5, fold=0, val_fraction=0.2, split_seed=0)
+    data.setup("validate")
+    sizes = {split: len(data.indices[split]) for split in ("val", "test")}
+    assert sizes["val"] != sizes["test"]
+    for options, split, words in (((), "val", "validation"), (("--split=test",), "test", "test")):
+        report, out, folder = _sweep(runs, capfd, *options)
+        assert report["split"] == split and report["n_rows"] == sizes[split]
+        assert out == (folder / "robustness.md").read_text()
+        assert out.startswith(f"# Robustness on the {words} split") and f"{sizes[split]} {words} samples" in out
+        figure = robustness_figure(report)
+        assert figure._suptitle.get_text().startswith(f"Robustness on the {words} split")
+        assert figure.axes[0].get_ylabel() == f"{words} accuracy"

@@ -101,6 +101,10 @@ class KFoldDataModule(L.LightningDataModule):
         inner_folds: Nested cross-validation, as ``qlit tune`` uses it: split the fold's non-test rows into
             this many inner folds and leave the test fold out of every split. ``null``: no nesting.
         inner_fold: The inner fold that validates, ``0 <= inner_fold < inner_folds``.
+        tuned_on: Provenance of a config ``qlit tune`` chose (its ``best_config*.yaml`` set it): the
+            ``data_sha256`` of the data the search ran on, its ``outer_fold`` (``null``: a search over
+            all rows) and ``rows``, the row indices the search trained and validated on (``"all"``, or a
+            list). It enters the split identity, and the split guard refuses to score rows it names.
     """
 
     num_features: int
@@ -119,6 +123,7 @@ class KFoldDataModule(L.LightningDataModule):
         predict_file: str | None = None,
         inner_folds: int | None = None,
         inner_fold: int = 0,
+        tuned_on: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(num_folds, bool) or not isinstance(num_folds, int) or num_folds < 2:
@@ -141,6 +146,7 @@ class KFoldDataModule(L.LightningDataModule):
                 )
         self.inner_folds = inner_folds
         self.inner_fold = inner_fold
+        self.tuned_on = check_tuned_on(tuned_on)
         self.num_folds = num_folds
         self.fold = fold
         self.val_fraction = val_fraction
@@ -359,6 +365,7 @@ class KFoldDataModule(L.LightningDataModule):
                 "split_seed": self.split_seed,
                 "inner_folds": self.inner_folds,
                 "inner_fold": self.inner_fold if self.inner_folds is not None else None,
+                "tuned_on": self.tuned_on,
                 "data_sha256": self.data_sha256(),
                 **{f"{split}_sha256": _sha256(rows) for split, rows in self.indices.items()},
             }
@@ -381,6 +388,33 @@ class KFoldDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.preprocessor.load_state_dict(state_dict["preprocessing"])
+
+
+def check_tuned_on(tuned_on: Any) -> dict[str, Any] | None:
+    """A ``tuned_on`` provenance record as plain values, or a `QlitError` naming what is wrong with it."""
+    if tuned_on is None:
+        return None
+    if not isinstance(tuned_on, dict) or not isinstance(tuned_on.get("data_sha256"), str):
+        raise QlitError(f"tuned_on must be null or a mapping with data_sha256, outer_fold and rows, got {tuned_on!r}")
+    rows = tuned_on.get("rows")
+    if rows != "all" and not (
+        isinstance(rows, (list, tuple)) and all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in rows)
+    ):
+        raise QlitError(f"tuned_on.rows must be 'all' or a list of row indices, got {str(rows)[:80]!r}")
+    outer = tuned_on.get("outer_fold")
+    if outer is not None and (isinstance(outer, bool) or not isinstance(outer, int)):
+        raise QlitError(f"tuned_on.outer_fold must be null or an integer, got {outer!r}")
+    return {**tuned_on, "rows": rows if rows == "all" else [int(r) for r in rows]}
+
+
+def searched_rows_scored(tuned_on: dict[str, Any] | None, data_sha256: str, rows: np.ndarray) -> np.ndarray:
+    """The rows of ``rows`` that the search behind ``tuned_on`` trained or validated on (none for other data)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if not tuned_on or tuned_on.get("data_sha256") != data_sha256:
+        return rows[:0]
+    if tuned_on.get("rows") == "all":
+        return rows
+    return rows[np.isin(rows, np.asarray(tuned_on["rows"], dtype=np.int64))]
 
 
 def _sha256(*arrays: np.ndarray) -> str:

@@ -12,8 +12,9 @@ plus the kept SNPs' ids and alleles, by which new filesets are matched at predic
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -28,6 +29,25 @@ from qlit.errors import QlitError
 from qlit.io.files import check_regular_file
 
 BED_MAGIC = b"\x6c\x1b"
+AMBIGUOUS = ({"A", "T"}, {"C", "G"})  # a swap of these alleles looks the same as a strand flip
+
+
+class _Matched(NamedTuple):
+    """The model's SNPs found in a new fileset.
+
+    Attributes:
+        columns: The new fileset's columns holding them.
+        fitted: Their indices among the model's SNPs.
+        flip: Whether each is listed with swapped alleles (its counts become ``2 - g``).
+        other_alleles: Model SNPs found under their id with other alleles (left out).
+        ambiguous: Strand-ambiguous (A/T, C/G) model SNPs found but left out.
+    """
+
+    columns: np.ndarray
+    fitted: np.ndarray
+    flip: np.ndarray
+    other_alleles: int
+    ambiguous: int
 
 
 class PlinkFileset:
@@ -38,8 +58,10 @@ class PlinkFileset:
         what: What the fileset is, for messages (``"bed_file"``, ``"predict file"``).
 
     Raises:
-        QlitError: a file is missing, the ``.bed`` is not a SNP-major PLINK file, or its size does not
-            match the individuals of the ``.fam`` and SNPs of the ``.bim`` (truncated or mismatched).
+        QlitError: a file is missing, the ``.bed`` is not a SNP-major PLINK file, its size does not
+            match the individuals of the ``.fam`` and SNPs of the ``.bim`` (truncated or mismatched),
+            or the ``.bim`` lists a SNP id twice or the ``.fam`` an individual id (IID) twice: SNPs are
+            matched by id, individuals named and labelled by IID, so either would be ambiguous.
     """
 
     def __init__(self, bed_file: str | Path, what: str = "bed_file") -> None:
@@ -73,6 +95,8 @@ class PlinkFileset:
             empty = self.fam if self.n_individuals == 0 else self.bim
             raise QlitError(f"{what} {bed}: {empty} lists no {'individual' if empty == self.fam else 'SNP'}")
         self._check_size(what)
+        _refuse_duplicate(self.sid, what, bed, self.bim, "SNP id", "plink2 --rm-dup, or --set-all-var-ids")
+        _refuse_duplicate(self.iid, what, bed, self.fam, "individual id (IID)", "give each individual its own IID")
 
     def _check_size(self, what: str) -> None:
         """Refuse a ``.bed`` whose size disagrees with the ``.fam`` and ``.bim``, blaming the likely culprit.
@@ -130,6 +154,20 @@ class PlinkFileset:
         return digest.hexdigest()
 
 
+def _refuse_duplicate(ids: list[str], what: str, bed: Path, part: Path, kind: str, fix: str) -> None:
+    """Raise a one-line `QlitError` naming ``part`` and the first id that ``ids`` (its rows) list twice."""
+    if len(set(ids)) == len(ids):
+        return
+    first: dict[str, int] = {}
+    for row, name in enumerate(ids):
+        if name in first:
+            raise QlitError(
+                f"{what} {bed}: its {part} lists {kind} {name!r} twice (lines {first[name] + 1} and {row + 1}); "
+                f"ids must be unique ({fix})"
+            )
+        first[name] = row
+
+
 def read_sample_sheet(path: str | Path, sample_column: str, label_column: str) -> dict[str, str]:
     """Sample id -> label from a sample sheet (the 1000 Genomes panel: ``sample pop super_pop gender``).
 
@@ -161,8 +199,13 @@ class PlinkDataModule(KFoldDataModule):
     Per fold, on the training rows only: SNPs with minor-allele frequency below ``min_maf`` are
     dropped, the rest centred by ``2p`` and scaled by ``sqrt(2p(1 - p))``, a missing call imputed
     with the training mean, and the leading ``n_components`` principal components found by a
-    randomized solver that reads the ``.bed`` a block of SNPs at a time. The scores are then
-    standardised (scaler fit on the training rows), one feature per qubit.
+    randomized solver that reads the ``.bed`` a block of SNPs at a time. Every individual, training
+    rows included, is then projected on the fitted components by one function, and the scores are
+    standardised (scaler fit on the training rows), one feature per qubit. Once a checkpoint's state
+    is restored, every individual is projected again with the checkpoint's kept SNPs, loadings and
+    means, so ``test`` and ``predict`` see exactly the features the model was trained and tested with,
+    whatever this command's PCA options; ``min_maf``, ``block_snps`` and ``pca_iterations`` are part
+    of the data's identity, so the split guard refuses a checkpoint trained with others.
 
     Args:
         bed_file: The ``.bed`` of a PLINK fileset; its ``.bim`` and ``.fam`` lie beside it.
@@ -177,6 +220,10 @@ class PlinkDataModule(KFoldDataModule):
         pca_iterations: Power iterations of the randomized PCA (more: closer to exact, slower).
         cache_gb: Training genotypes up to this size (int8: individuals x SNPs bytes) are read once
             per fold and kept for the PCA's passes; larger ones are re-read from the ``.bed`` each pass.
+        strand_ambiguous: How predict treats the model's A/T and C/G SNPs, for which swapped alleles and
+            the other strand look the same: ``"absent"`` (default) leaves them out of the matching and
+            imputes them like absent SNPs; ``"match"`` matches them by their alleles as listed, for a
+            fileset known to be on the training data's strand.
         **kwargs: Split, batch and predict options of `KFoldDataModule`; ``predict_file`` is the
             ``.bed`` of new individuals, whose SNPs are matched by id (swapped alleles flipped,
             absent SNPs imputed with the training mean).
@@ -194,6 +241,7 @@ class PlinkDataModule(KFoldDataModule):
         block_snps: int = 8192,
         pca_iterations: int = 4,
         cache_gb: float = 3.0,
+        strand_ambiguous: str = "absent",
         **kwargs,
     ) -> None:
         if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
@@ -209,6 +257,10 @@ class PlinkDataModule(KFoldDataModule):
         self.n_components, self.min_maf = n_components, min_maf
         if not cache_gb >= 0:
             raise QlitError(f"cache_gb must be >= 0, got {cache_gb!r}")
+        if strand_ambiguous not in ("absent", "match"):
+            raise QlitError(f"strand_ambiguous must be 'absent' or 'match', got {strand_ambiguous!r}")
+        self.strand_ambiguous = strand_ambiguous
+        self._restored = False  # a checkpoint's state was loaded: project with it, never refit
         self.block_snps, self.pca_iterations, self.cache_gb = block_snps, pca_iterations, cache_gb
         self.snps: dict[str, list[str]] = {}
         self._file_sha256: str | None = None
@@ -272,7 +324,16 @@ class PlinkDataModule(KFoldDataModule):
             "labels_file": self.labels_file,
             "label_column": self.label_column,
             "populations": list(self.populations),
+            **self._feature_options(),
         }
+
+    def _feature_options(self) -> dict[str, Any]:
+        """The options besides the rows that change a fold's QC and PCA, hence its features.
+
+        ``n_components`` is left out: it changes the model's width, which the checkpoint's shapes already
+        pin, and a search may tune it. ``cache_gb`` only changes how the ``.bed`` is read.
+        """
+        return {"min_maf": float(self.min_maf), "block_snps": self.block_snps, "pca_iterations": self.pca_iterations}
 
     def source_name(self) -> str:
         return f"{self.labels_file} (column {self.label_column!r})"
@@ -284,7 +345,8 @@ class PlinkDataModule(KFoldDataModule):
         """Per-fold QC and streamed PCA on the training rows; for ``predict_file``, only open the new fileset.
 
         New individuals are projected in `predict_dataloader` with the checkpoint's kept SNPs, loadings
-        and scaler (restored after `setup`), never with a PCA of this command's fold.
+        and scaler (restored after `setup`), never with a PCA of this command's fold. If a checkpoint's
+        state was restored before `setup`, the fold's rows are projected with it and nothing is fit.
         """
         if stage == "predict" and self.predict_file is not None:
             if self._predict_features is None:
@@ -297,45 +359,76 @@ class PlinkDataModule(KFoldDataModule):
             indices = self.split(y)
             if getattr(self, "inner_folds", None) is not None:  # nested cv (qlit tune): as the base class splits
                 indices = self.inner_split(y, indices)
-            train, n_train = indices["train"], len(indices["train"])
-            if self.n_components >= n_train:
-                raise QlitError(
-                    f"n_components={self.n_components} is not below the {n_train} training rows of fold {self.fold} "
-                    f"(PCA of n rows has at most n - 1 informative components); use n_components <= {n_train - 1} "
-                    "or more data"
-                )
-            others = np.setdiff1d(np.arange(len(y)), train)
-            fit = fit_genotype_pca(
-                self.fileset.read,
-                self.fileset.n_snps,
-                self.rows[train],
-                self.n_components,
-                min_maf=self.min_maf,
-                project=self.rows[others],
-                block_snps=self.block_snps,
-                power_iterations=self.pca_iterations,
-                seed=self.split_seed,
-                on_kept=self._check_kept,
-                cache_bytes=int(self.cache_gb * 2**30),
-            )
-            scores = np.empty((len(y), self.n_components))
-            scores[train], scores[others] = fit.scores, fit.projected
-            train_scores = fit.scores
-            std = train_scores.std(axis=0)
-            self.preprocessor.state = {
-                "pca_mean": torch.from_numpy(fit.mean),
-                "pca_components": torch.from_numpy(fit.components()),
-                "scale_mean": torch.from_numpy(train_scores.mean(axis=0)),
-                "scale_std": torch.from_numpy(np.where(std > 0, std, 1.0)),
-            }
-            self.snps = {
-                "id": [self.fileset.sid[j] for j in fit.keep],
-                "allele_1": [self.fileset.allele_1[j] for j in fit.keep],
-                "allele_2": [self.fileset.allele_2[j] for j in fit.keep],
-            }
-            self.raw_features = len(fit.keep)
+            if self._restored:
+                scores = self._project_rows(self._training_columns())
+            else:
+                scores = self._fit(indices["train"])
             self.x, self.y, self.indices = scores, y, indices
             self._split_identity = None
+
+    def _fit(self, train: np.ndarray) -> np.ndarray:
+        """QC, PCA and scaler on the ``train`` rows (indices into ``rows``); returns every row's PCA scores."""
+        n_train = len(train)
+        if self.n_components >= n_train:
+            raise QlitError(
+                f"n_components={self.n_components} is not below the {n_train} training rows of fold {self.fold} "
+                f"(PCA of n rows has at most n - 1 informative components); use n_components <= {n_train - 1} "
+                "or more data"
+            )
+        fit = fit_genotype_pca(
+            self.fileset.read,
+            self.fileset.n_snps,
+            self.rows[train],
+            self.n_components,
+            min_maf=self.min_maf,
+            block_snps=self.block_snps,
+            power_iterations=self.pca_iterations,
+            seed=self.split_seed,
+            on_kept=self._check_kept,
+            cache_bytes=int(self.cache_gb * 2**30),
+        )
+        self.preprocessor.state = {
+            "pca_mean": torch.from_numpy(fit.mean),
+            "pca_components": torch.from_numpy(fit.components()),
+        }
+        # Training rows too are projected, not taken from the solver: one function gives every row's scores,
+        # here and after a checkpoint's state is restored, so the two agree to the bit.
+        scores = self._project_rows(fit.keep)
+        train_scores = scores[train]
+        std = train_scores.std(axis=0)
+        self.preprocessor.state["scale_mean"] = torch.from_numpy(train_scores.mean(axis=0))
+        self.preprocessor.state["scale_std"] = torch.from_numpy(np.where(std > 0, std, 1.0))
+        self.snps = {
+            "id": [self.fileset.sid[j] for j in fit.keep],
+            "allele_1": [self.fileset.allele_1[j] for j in fit.keep],
+            "allele_2": [self.fileset.allele_2[j] for j in fit.keep],
+        }
+        self.raw_features = len(fit.keep)
+        return scores
+
+    def _project_rows(self, columns: np.ndarray) -> np.ndarray:
+        """PCA scores of every used individual of the training fileset, whose SNP ``columns`` hold the state's SNPs."""
+        state = self.preprocessor.state
+        mean, components = state["pca_mean"].numpy(), state["pca_components"].numpy()
+
+        def read(rows: np.ndarray, start: int, stop: int) -> np.ndarray:
+            return self.fileset.read_snps(rows, columns[start:stop])
+
+        return project_genotypes(read, self.rows, len(columns), mean, components, self.block_snps)
+
+    def _training_columns(self) -> np.ndarray:
+        """The columns of the training fileset holding the state's SNPs, each with the alleles it was fit with."""
+        where = {sid: j for j, sid in enumerate(self.fileset.sid)}
+        columns = []
+        for sid, a1, a2 in zip(self.snps["id"], self.snps["allele_1"], self.snps["allele_2"]):
+            j = where.get(sid)
+            if j is None or (self.fileset.allele_1[j], self.fileset.allele_2[j]) != (a1, a2):
+                raise QlitError(
+                    f"bed_file {self.fileset.bed} has no SNP {sid!r} with alleles {a1}/{a2}, which the checkpoint's "
+                    "model was trained on: it is not the fileset the model was trained on"
+                )
+            columns.append(j)
+        return np.asarray(columns, dtype=np.int64)
 
     def _need_checkpoint(self) -> None:
         raise QlitError(
@@ -394,14 +487,22 @@ class PlinkDataModule(KFoldDataModule):
         snps = saved.get("snps") if isinstance(saved, dict) else None
         self._match(self._predict_fileset, snps if isinstance(snps, dict) else self.snps)
 
-    def _match(self, new: PlinkFileset, snps: dict[str, list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """Columns of ``new`` holding the model's SNPs: (columns, model SNP indices, swapped alleles, other alleles)."""
+    def _match(self, new: PlinkFileset, snps: dict[str, list[str]]) -> _Matched:
+        """Columns of ``new`` holding the model's SNPs, matched by id and alleles (see `_Matched`).
+
+        A model SNP whose alleles are A/T or C/G is left out under ``strand_ambiguous: absent``: listed
+        swapped it may be a swap (flip the counts) or the other strand (keep them), and listed alike, the
+        other strand and a swap together; nothing in the files tells these apart.
+        """
         ids, a1, a2 = snps["id"], snps["allele_1"], snps["allele_2"]
         where = {sid: j for j, sid in enumerate(new.sid)}
-        columns, fitted, flip, other_alleles = [], [], [], 0
+        columns, fitted, flip, other_alleles, ambiguous = [], [], [], 0, 0
         for k, sid in enumerate(ids):
             j = where.get(sid)
             if j is None:
+                continue
+            if self.strand_ambiguous == "absent" and {a1[k].upper(), a2[k].upper()} in AMBIGUOUS:
+                ambiguous += 1
                 continue
             if (new.allele_1[j], new.allele_2[j]) == (a1[k], a2[k]):
                 swapped = False
@@ -414,23 +515,34 @@ class PlinkDataModule(KFoldDataModule):
             fitted.append(k)
             flip.append(swapped)
         if not columns:
+            left_out = (
+                f"; its {ambiguous} shared A/T and C/G SNPs are strand-ambiguous and left out (strand_ambiguous: "
+                "match uses them as listed)" if ambiguous else ""
+            )
             raise QlitError(
                 f"predict file {new.bed} shares no SNP with the {len(ids)} SNPs the model was trained on "
                 f"(matched by SNP id and alleles; the model's start {', '.join(ids[:3])}, the file's "
-                f"{', '.join(new.sid[:3])})"
+                f"{', '.join(new.sid[:3])}){left_out}"
             )
-        return np.asarray(columns), np.asarray(fitted), np.asarray(flip, dtype=bool), other_alleles
+        return _Matched(
+            np.asarray(columns), np.asarray(fitted), np.asarray(flip, dtype=bool), other_alleles, ambiguous
+        )
 
     def _project_new(self, new: PlinkFileset) -> torch.Tensor:
         """Features of every individual of ``new`` under the fitted (or checkpoint-restored) state."""
         state = self.preprocessor.state
-        columns, fitted, flip, other_alleles = self._match(new, self.snps)
+        matched = self._match(new, self.snps)
+        columns, fitted, flip = matched.columns, matched.fitted, matched.flip
         ids = self.snps["id"]
-        absent = len(ids) - len(columns)
+        absent = len(ids) - len(columns) - matched.ambiguous
+        other = f" or with other alleles ({matched.other_alleles})" if matched.other_alleles else ""
+        ambiguous = (
+            f"; {matched.ambiguous} strand-ambiguous (A/T, C/G) left out and imputed the same way (strand_ambiguous: "
+            "match uses them)" if matched.ambiguous else ""
+        )
         print(
             f"qlit: {new.bed}: {len(columns)} of the model's {len(ids)} SNPs found ({int(flip.sum())} with swapped "
-            f"alleles, flipped); {absent} absent{f' or with other alleles ({other_alleles})' if other_alleles else ''}"
-            ", imputed with the training mean",
+            f"alleles, flipped); {absent} absent{other}, imputed with the training mean{ambiguous}",
         )
         order = np.argsort(columns)  # bed-reader reads increasing SNP indices fastest
         columns, fitted, flip = columns[order], fitted[order], flip[order]
@@ -448,10 +560,15 @@ class PlinkDataModule(KFoldDataModule):
         return self._features(scores)
 
     def data_sha256(self) -> str:
-        """The fileset's bytes, the labels and which individuals of the ``.fam`` are used."""
+        """The fileset's bytes, the labels, which individuals of the ``.fam`` are used and the feature options.
+
+        The options (`_feature_options`) belong here, not only in the readable source: the split guard
+        compares this hash, and a checkpoint fit with other QC or PCA options has other features.
+        """
         if self._file_sha256 is None:
             self._file_sha256 = self.fileset.sha256()
-        return hashlib.sha256((self._file_sha256 + _sha256(self.rows, self.y)).encode()).hexdigest()
+        options = json.dumps(self._feature_options(), sort_keys=True)
+        return hashlib.sha256((self._file_sha256 + _sha256(self.rows, self.y) + options).encode()).hexdigest()
 
     def state_dict(self) -> dict[str, Any]:
         """The base state plus the kept SNPs' ids and alleles (lists of str), which predict matches on."""
@@ -468,6 +585,10 @@ class PlinkDataModule(KFoldDataModule):
         self.snps = {key: [str(v) for v in value] for key, value in snps.items()}
         self.raw_features = width
         self._predict_features = None  # projected again under this state
+        self._restored = True
+        if self.fileset is not None and self.x is not None:
+            # The fold's rows as the checkpoint's model saw them, not as this command's PCA would give them.
+            self.x = self._project_rows(self._training_columns())
         names = state_dict.get("class_names")
         if self.fileset is None and isinstance(names, (list, tuple)):
             self.class_names = self.populations = [str(n) for n in names]

@@ -8,28 +8,61 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from qlit.errors import QlitError
+
 
 class Preprocessor:
-    """Optional PCA followed by standardisation, fit on training rows only.
+    """Optional mean imputation, then optional PCA, then standardisation, all fit on training rows only.
+
+    The imputation means are kept beside ``state`` (``impute_mean``), not in it: ``state`` holds only
+    the PCA and scaler tensors that checkpoints and exported models know; a data module that imputes
+    saves and restores the means itself.
 
     Args:
         n_components: Number of principal components to keep, or ``None`` to skip PCA.
+        impute: ``"mean"``: a missing value (NaN) becomes its column's mean over the rows `fit` is
+            given; ``None``: no imputation.
+        columns: Column names, for the message when a column has no value to impute from.
+        source: The data's name (a file), for that message.
     """
 
-    def __init__(self, n_components: int | None = None) -> None:
+    def __init__(
+        self,
+        n_components: int | None = None,
+        impute: str | None = None,
+        columns: list[str] | None = None,
+        source: str = "the data",
+    ) -> None:
         self.n_components = n_components
+        self.impute = impute
+        self.columns = columns
+        self.source = source
         self.state: dict[str, torch.Tensor] = {}
+        self.impute_mean: np.ndarray | None = None
 
     @property
     def fitted(self) -> bool:
         return bool(self.state)
 
     def fit(self, x: np.ndarray) -> Preprocessor:
-        """Fit PCA (if any) and the scaler on ``x``; returns ``self``."""
+        """Fit imputation and PCA (if any) and the scaler on ``x``, the training rows; returns ``self``.
+
+        Raises:
+            QlitError: with ``impute="mean"``, a column has no value in ``x`` to take the mean of.
+        """
         from sklearn.decomposition import PCA
         from sklearn.preprocessing import StandardScaler
 
         x = np.asarray(x, dtype=np.float64)
+        means = None
+        if self.impute == "mean":
+            counts = (~np.isnan(x)).sum(axis=0)
+            if (counts == 0).any():
+                c = int(np.flatnonzero(counts == 0)[0])
+                name = self.columns[c] if self.columns is not None else f"feature {c}"
+                raise QlitError(f"{self.source}: column {name!r} has no value in the training rows to impute from")
+            means = np.nansum(x, axis=0) / counts
+            x = np.where(np.isnan(x), means, x)
         state: dict[str, torch.Tensor] = {}
         if self.n_components is not None:
             pca = PCA(n_components=self.n_components, svd_solver="full").fit(x)
@@ -39,14 +72,17 @@ class Preprocessor:
         scaler = StandardScaler().fit(x)
         state["scale_mean"] = torch.from_numpy(scaler.mean_)
         state["scale_std"] = torch.from_numpy(scaler.scale_)
-        self.state = state
+        self.state, self.impute_mean = state, means
         return self
 
     def transform(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Apply the fitted transform; returns float32 features."""
         if not self.fitted:
             raise RuntimeError("Preprocessor.transform called before fit or load_state_dict")
-        t = torch.as_tensor(np.array(x, dtype=np.float64))  # a copy: pandas 3 hands out read-only arrays
+        array = np.array(x, dtype=np.float64)  # a copy: pandas 3 hands out read-only arrays
+        if self.impute_mean is not None:
+            array = np.where(np.isnan(array), self.impute_mean, array)
+        t = torch.as_tensor(array)
         if "pca_components" in self.state:
             t = (t - self.state["pca_mean"]) @ self.state["pca_components"].T
         return ((t - self.state["scale_mean"]) / self.state["scale_std"]).float()
@@ -61,4 +97,6 @@ class Preprocessor:
         return {k: v.clone() for k, v in self.state.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore a saved ``state``; the imputation means are cleared (their owner restores its own)."""
         self.state = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in state.items()}
+        self.impute_mean = None

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from qlit.data.base import KFoldDataModule
+from qlit.data.base import KFoldDataModule, _sha256
 from qlit.data.preprocessing import Preprocessor
 from qlit.data.sampling import TensorLoader
 from qlit.data.tables import BUILTIN, Table, read_table
@@ -43,7 +43,8 @@ class TabularDataModule(KFoldDataModule):
         classes: Label values to keep, in this order (other rows are left out); default all, sorted.
         n_components: Principal components kept (PCA fit on the training rows), or ``None``.
         impute: ``None`` (or ``"error"``): no imputation, a missing feature value is an error naming its
-            row and column; ``"mean"``: it is filled with that column's mean over the training rows.
+            row and column; ``"mean"``: it is filled with that column's mean over the split's training
+            rows (under ``inner_folds``, the inner training rows), fit with the rest of the preprocessing.
         **kwargs: Split, batch and predict options of `KFoldDataModule`. ``predict_file`` is a table
             whose feature columns are matched by name (extra columns are ignored and reported).
     """
@@ -78,7 +79,7 @@ class TabularDataModule(KFoldDataModule):
         self.n_components = n_components
         self.impute = impute
         self.row_ids: np.ndarray | None = None
-        self.impute_means: np.ndarray | None = None
+        self._raw_x: np.ndarray | None = None  # the features as read: NaN where impute: mean fills a gap
         self._boolean_features: list[str] | None = None
         self._new_table: Table | None = None
         self._new_x: np.ndarray | None = None
@@ -146,7 +147,42 @@ class TabularDataModule(KFoldDataModule):
         return self._table is None
 
     def make_preprocessor(self) -> Preprocessor:
-        return Preprocessor(n_components=self.n_components)
+        return Preprocessor(
+            n_components=self.n_components,
+            impute="mean" if self.impute == "mean" else None,
+            columns=self.feature_columns,
+            source=self._table.source if self._table is not None else self.path,
+        )
+
+    @property
+    def impute_means(self) -> np.ndarray | None:
+        """Per feature column, the mean that fills a missing value (``None`` without ``impute: mean``).
+
+        Fit on the split's training rows with the rest of the preprocessing, or the checkpoint's once
+        its state is restored.
+        """
+        return self.preprocessor.impute_mean
+
+    def setup(self, stage: str | None = None) -> None:
+        """Split and fit the preprocessing (imputation included) on the split's training rows.
+
+        ``x`` keeps the gaps filled with the fitted (or, once restored, the checkpoint's) means, so every
+        consumer of ``x`` sees the rows the model sees; the data's hash covers the table as read.
+        """
+        fresh = self.x is None
+        super().setup(stage)
+        if fresh and self.x is not None:
+            self._raw_x = self.x
+            self._fill()
+
+    def _fill(self) -> None:
+        """Fill the gaps of the table's rows with the current imputation means (none: ``x`` is left as it is)."""
+        if self._raw_x is not None and self.impute_means is not None:
+            self.x = np.where(np.isnan(self._raw_x), self.impute_means, self._raw_x)
+
+    def data_sha256(self) -> str:
+        """Hex SHA-256 of the features as read (gaps as NaN, whichever rows fill them) and the labels."""
+        return _sha256(self._raw_x if self._raw_x is not None else self.x, self.y)
 
     def source_name(self) -> str:
         return f"{self.path} (column {self.target!r})"
@@ -176,17 +212,8 @@ class TabularDataModule(KFoldDataModule):
             self.row_ids = table.frame[self._chosen_id_column].astype(str).to_numpy()[rows]
         else:
             self.row_ids = rows.astype(str)  # the row's position among the file's data rows, from 0
-        if self.impute == "mean":
-            # The means come from this fold's training rows only; split() is deterministic, so setup's call agrees.
-            # They are kept (and saved) even when nothing is missing here: a predict file may miss values.
-            train = x[self.split(y)["train"]]
-            counts = (~np.isnan(train)).sum(axis=0)
-            empty = [self.feature_columns[c] for c in np.flatnonzero(counts == 0)]
-            if empty:
-                raise QlitError(f"{table.source}: column {empty[0]!r} has no value in the training rows to impute from")
-            means = np.nansum(train, axis=0) / counts
-            self.impute_means = means
-            x = np.where(np.isnan(x), means, x)
+        # Gaps stay NaN: the preprocessing fills them with means of the split's training rows only (it is fit
+        # on exactly those), and keeps the means even when nothing is missing here (a predict file may miss values).
         return x, y
 
     def read_predict_file(self) -> None:
@@ -288,11 +315,13 @@ class TabularDataModule(KFoldDataModule):
             self.raw_features = width
         if state_dict.get("impute") in ("error", "mean"):
             self.impute = state_dict["impute"]
+            self.preprocessor.impute = "mean" if self.impute == "mean" else None
         if "impute_means" in state_dict:
             means = torch.as_tensor(state_dict["impute_means"], dtype=torch.float64).numpy()
             if means.shape != (width,) or not np.isfinite(means).all():
                 raise QlitError(f"the checkpoint's impute_means are not {width} finite numbers, one per feature column")
-            self.impute_means = means
+            self.preprocessor.impute_mean = means
+        self._fill()  # the test and validation rows are shaped by the checkpoint's means too, not this command's
         if isinstance(state_dict.get("boolean_features"), (list, tuple)):
             self._boolean_features = [str(f) for f in state_dict["boolean_features"]]
         if self.id_column is None:  # unset by the user: the id column the model was trained with

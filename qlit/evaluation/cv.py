@@ -113,6 +113,40 @@ def prepared(config: Namespace, command: str = "qlit cv") -> tuple[Namespace, Na
     return config, logger
 
 
+def data_module(config: Namespace) -> Any:
+    """The config's data module, built from its ``class_path`` and ``init_args`` and set up for fitting."""
+    from lightning.pytorch.cli import instantiate_class
+
+    init = config.data.get("init_args") or Namespace()
+    module = instantiate_class((), {"class_path": config.data.class_path, "init_args": init.as_dict()})
+    module.setup("fit")
+    return module
+
+
+def refuse_tuned_here(config: Namespace, command: str = "qlit cv") -> None:
+    """Refuse to cross-validate a config that ``qlit tune`` chose on these same data.
+
+    Its search trained and validated on rows that every set of test folds of these data covers, so each
+    fold's test score would be optimistic; the honest estimate of a tuned config is tune's nested one.
+
+    Raises:
+        QlitError: one line naming the search.
+    """
+    tuned_on = config.data.get("init_args", Namespace()).get("tuned_on")
+    if not tuned_on:
+        return
+    tuned_on = tuned_on.as_dict() if isinstance(tuned_on, Namespace) else dict(tuned_on)
+    if tuned_on.get("data_sha256") != data_module(config).data_sha256():
+        return  # tuned on other data: these rows were not searched
+    outer = tuned_on.get("outer_fold")
+    search = f"outer fold {outer}'s non-test rows" if outer is not None else "all rows"
+    raise QlitError(
+        f"{command}: this config was chosen by qlit tune on these data (data.tuned_on: {search}), so every set of "
+        "test folds holds rows its search trained or validated on; the honest estimate is the nested one in "
+        "tune_summary.json (tuned test_acc), or tune it again inside each fold with qlit tune"
+    )
+
+
 def twin_of(config: Namespace) -> Namespace:
     """The same config with the circuit replaced by its classical twin."""
     twin = config.clone()
@@ -181,6 +215,7 @@ def cross_validate(
     """
     options = options or CVOptions()
     config, logger = prepared(config)
+    refuse_tuned_here(config)
     # Ray first: an unreachable --address or RAY_ADDRESS is refused before the cv folder is claimed
     ray, started = None, False
     if needs_ray(options.workers, options.address, options.gpus_per_fold):

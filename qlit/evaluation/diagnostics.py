@@ -12,7 +12,8 @@ for one circuit of qlit's family (angle embedding, ``n_layers`` entangling layer
 for a grid of widths and depths, with two initialisations:
 
 * ``uniform``: every angle uniform in [0, 2π), McClean's random circuits;
-* ``model``: qlit's own initialisation, normal with standard deviation 0.05 (`WEIGHT_INIT_STD`).
+* ``model``: qlit's own initialisation, normal with the model's ``init_std`` (default 0.05, `WEIGHT_INIT_STD`);
+  ``qlit diagnose`` takes it from the config.
 
 How to read it: with ``uniform``, a variance that drops by a constant factor per added qubit (about 2× per
 qubit for ``strong`` at 6 layers or more) is a barren plateau: a circuit that wide, started at random,
@@ -48,10 +49,16 @@ COST = "<Z_0>"
 CHUNK_AMPLITUDES = 2**20
 
 
-def _draw_weights(init: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+def _draw_weights(init: str, shape: tuple[int, ...], generator: torch.Generator, init_std: float) -> torch.Tensor:
     if init == "uniform":
         return torch.rand(shape, dtype=torch.float64, generator=generator) * (2 * math.pi)
-    return torch.randn(shape, dtype=torch.float64, generator=generator) * WEIGHT_INIT_STD
+    return torch.randn(shape, dtype=torch.float64, generator=generator) * init_std
+
+
+def _check_init_std(init_std: Any) -> float:
+    if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or not 0 < init_std < float("inf"):
+        raise QlitError(f"init_std must be a finite number > 0, got {init_std!r}")
+    return float(init_std)
 
 
 def parameter_gradients(
@@ -63,8 +70,11 @@ def parameter_gradients(
     n_samples: int = 200,
     seed: int = 0,
     inputs: Literal["random", "zero"] = "random",
+    init_std: float = WEIGHT_INIT_STD,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of ⟨Z_0⟩ for ``n_samples`` random initialisations of one circuit.
+
+    ``init_std`` is the standard deviation of the ``model`` initialisation (the model's ``init_std``).
 
     Returns:
         ``(gradients, weights, angles)``: ``(n_samples, *weight_shape)`` gradients of ⟨Z_0⟩ with respect to
@@ -77,10 +87,11 @@ def parameter_gradients(
         raise QlitError(f"inputs must be 'random' or 'zero', got {inputs!r}")
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
         raise QlitError(f"n_samples must be an integer >= 2 (a variance needs two), got {n_samples!r}")
+    init_std = _check_init_std(init_std)
     circuit = StatevectorCircuit(n_qubits, n_layers, ansatz, embedding).double()
     circuit.fused = False  # the fused path's hand-written backward has no vmap rule; the gate path is plain torch
     generator = torch.Generator().manual_seed(seed)
-    weights = _draw_weights(init, (n_samples, *circuit.weights.shape), generator)
+    weights = _draw_weights(init, (n_samples, *circuit.weights.shape), generator, init_std)
     angles = torch.zeros(n_samples, n_qubits, dtype=torch.float64)
     if inputs == "random":
         angles = (torch.rand(n_samples, n_qubits, dtype=torch.float64, generator=generator) - 0.5) * math.pi
@@ -104,6 +115,7 @@ def gradient_variance(
     n_samples: int = 200,
     seed: int = 0,
     inputs: Literal["random", "zero"] = "random",
+    init_std: float = WEIGHT_INIT_STD,
 ) -> dict[str, Any]:
     """The barren-plateau statistic of one circuit: ``Var_θ[∂⟨Z_0⟩/∂θ_k]``, averaged over the angles k.
 
@@ -112,17 +124,19 @@ def gradient_variance(
         n_layers: Number of entangling layers.
         ansatz: ``"basic"`` or ``"strong"``.
         embedding: Angle-embedding rotation, ``"X"``, ``"Y"`` or ``"Z"``.
-        init: ``"uniform"`` (angles uniform in [0, 2π)) or ``"model"`` (normal, std 0.05, as qlit trains).
+        init: ``"uniform"`` (angles uniform in [0, 2π)) or ``"model"`` (normal with std ``init_std``, as qlit trains).
         n_samples: Number of random initialisations.
         seed: Seed of the initialisations and input angles.
         inputs: ``"random"`` input angles per initialisation, uniform in (-π/2, π/2), or ``"zero"``.
+        init_std: Standard deviation of the ``model`` initialisation: the model's ``init_std``.
 
     Returns:
-        A record: the arguments, ``cost``, ``n_parameters``, ``variance`` (the mean over angles of the
-        per-angle variance over initialisations, ddof 1), ``variance_min`` and ``variance_max`` over the
-        angles, and ``mean_gradient`` (the mean over angles and initialisations, near 0 for ``uniform``).
+        A record: the arguments (``init_std`` only for ``model``), ``cost``, ``n_parameters``, ``variance``
+        (the mean over angles of the per-angle variance over initialisations, ddof 1), ``variance_min`` and
+        ``variance_max`` over the angles, and ``mean_gradient`` (the mean over angles and initialisations, near 0
+        for ``uniform``).
     """
-    gradients = parameter_gradients(n_qubits, n_layers, ansatz, embedding, init, n_samples, seed, inputs)[0]
+    gradients = parameter_gradients(n_qubits, n_layers, ansatz, embedding, init, n_samples, seed, inputs, init_std)[0]
     per_angle = gradients.reshape(n_samples, -1).var(0, unbiased=True)
     return {
         "n_qubits": n_qubits,
@@ -130,6 +144,7 @@ def gradient_variance(
         "ansatz": ansatz,
         "embedding": embedding,
         "init": init,
+        "init_std": float(init_std) if init == "model" else None,
         "inputs": inputs,
         "n_samples": n_samples,
         "seed": seed,
@@ -151,16 +166,18 @@ def barren_plateau_sweep(
     n_samples: int = 200,
     seed: int = 0,
     inputs: Literal["random", "zero"] = "random",
+    init_std: float = WEIGHT_INIT_STD,
 ) -> list[dict[str, Any]]:
     """`gradient_variance` for every combination of ``inits``, ``n_layers`` and ``n_qubits``, in that order.
 
     Every circuit gets the same ``seed``: the records differ by the circuit, not by the luck of the draw.
+    ``init_std`` is the standard deviation of the ``model`` initialisation.
     """
     widths, depths = list(n_qubits), list(n_layers)
     if not widths or not depths:
         raise QlitError("barren-plateau sweep needs at least one n_qubits and one n_layers")
     return [
-        gradient_variance(n, layers, ansatz, embedding, init, n_samples, seed, inputs)
+        gradient_variance(n, layers, ansatz, embedding, init, n_samples, seed, inputs, init_std)
         for init in inits
         for layers in depths
         for n in widths
@@ -189,7 +206,8 @@ def barren_plateau_table(records: Sequence[dict[str, Any]]) -> str:
     ]
     lines = _lines(records)
     for init in dict.fromkeys(r["init"] for r in records):
-        label = "uniform in [0, 2π)" if init == "uniform" else f"qlit's init, normal with std {WEIGHT_INIT_STD}"
+        std = next((r.get("init_std") for r in records if r["init"] == init), None) or WEIGHT_INIT_STD
+        label = "uniform in [0, 2π)" if init == "uniform" else f"qlit's init, normal with std {std:g}"
         out += ["", f"## init `{init}` ({label})", "",
                 "| n_layers | " + " | ".join(f"{n} qubits" for n in widths) + " |",
                 "|---:|" + "---:|" * len(widths)]
@@ -269,7 +287,7 @@ def run_diagnose(
 
     The folder is ``<save_dir>/<experiment>/diagnose_<n>/`` of the config's TensorBoardLogger: the
     report files and TensorBoard events (the variances as scalars against ``n_qubits``, the figure
-    and the table).
+    and the table). The ``model`` initialisation is drawn with the configured ``init_std``.
 
     Raises:
         QlitError: a width or depth below 1, or fewer than 2 samples.
@@ -293,7 +311,10 @@ def run_diagnose(
         f"{samples} initialisations each",
         flush=True,
     )
-    records = barren_plateau_sweep(widths, depths, hparams["ansatz"], hparams["embedding"], n_samples=samples)
+    init_std = _check_init_std(hparams.get("init_std", WEIGHT_INIT_STD))
+    records = barren_plateau_sweep(
+        widths, depths, hparams["ansatz"], hparams["embedding"], n_samples=samples, init_std=init_std
+    )
     folder = claim_version(root, prefix="diagnose")
     try:
         paths = write_barren_plateau_report(records, folder)

@@ -1,10 +1,15 @@
-"""``qlit robustness``: one trained checkpoint scored on its test fold over a grid of noise levels and shot counts.
+"""``qlit robustness``: one trained checkpoint scored over a grid of noise levels and shot counts.
 
-Each cell rebuilds the checkpoint's model with one gate-noise level (``channel``, after every gate) and
-one shot count (``null``: exact expectation values), loads the trained weights and scores the test fold
-the checkpoint was trained beside (the split is checked, as ``qlit test`` checks it). With shots the
-score is random: every cell is repeated ``repeats`` times from seeds ``seed, seed + 1, ...`` and the
-table gives the mean and standard deviation. The grid replaces the config's own ``noise`` and ``shots``.
+Each cell rebuilds the checkpoint's model with one gate-noise level (``channel``, after every gate as
+drawn) and one shot count (``null``: exact expectation values), loads the trained weights and scores one
+split of the fold the checkpoint was trained on (the split is checked, as ``qlit validate`` and ``qlit test``
+check it). With shots the score is random: every cell is repeated ``repeats`` times from seeds
+``seed, seed + 1, ...`` and the table gives the mean and standard deviation. The grid replaces the config's
+own ``noise`` and ``shots``.
+
+Which rows: the sweep is for choosing (between checkpoints, noise-aware training regimes, shot budgets),
+so by default it scores the fold's validation rows, never its test rows. ``split="test"`` scores the test
+fold instead, for the one final report of a choice already made; every file written then says so.
 
 Reference lines: the checkpoint's own accuracy, exact and noiseless, and the classical twin's, read from
 a twin checkpoint (``--twin_ckpt``: the same config trained with ``--model.core classical`` on
@@ -36,10 +41,17 @@ from qlit.models.circuit import CHANNELS, CircuitSpec
 
 DEFAULT_LEVELS = (0.0, 0.001, 0.01, 0.05)
 DEFAULT_SHOTS: tuple[int | None, ...] = (None, 1000, 100)
+# Which rows a sweep scores, and how its reports name them.
+SPLITS = {"val": "validation", "test": "test"}
+_SUBCOMMAND = {"val": "validate", "test": "test"}
 
 
-def check_grid(channel: str, levels: Sequence[float], shots: Sequence[int | None], repeats: int) -> None:
+def check_grid(
+    channel: str, levels: Sequence[float], shots: Sequence[int | None], repeats: int, split: str = "val"
+) -> None:
     """Raise a `QlitError` naming the first bad grid setting (validated as model options are)."""
+    if split not in SPLITS:
+        raise QlitError(f"split must be val (the default) or test, got {split!r}")
     if channel not in CHANNELS:
         raise QlitError(f"channel {channel!r} is not a gate channel; qlit knows {', '.join(CHANNELS)}")
     if not levels or not shots:
@@ -64,7 +76,9 @@ def accuracy(model: torch.nn.Module, loader: Any) -> float:
     return correct / total
 
 
-def _scored_checkpoint(path: Path, datamodule: Any, core: str | None = None) -> tuple[dict[str, Any], Any]:
+def _scored_checkpoint(
+    path: Path, datamodule: Any, core: str | None = None, split: str = "val"
+) -> tuple[dict[str, Any], Any]:
     """A checked checkpoint and the model it builds, refused unless it was trained on ``datamodule``'s split."""
     checkpoint = load_checkpoint(path)
     check_checkpoint_content(checkpoint, path, resume=False)
@@ -72,8 +86,8 @@ def _scored_checkpoint(path: Path, datamodule: Any, core: str | None = None) -> 
     if core is not None and hparams.get("core") != core:
         raise QlitError(f"{path}: --twin_ckpt must be a classical twin (core=classical), not {hparams.get('core')!r}")
     model = classifier_from_hparams(hparams)
-    check_checkpoint_fits(checkpoint, path, model, datamodule, "test")
-    check_split(checkpoint, path, datamodule, "test")
+    check_checkpoint_fits(checkpoint, path, model, datamodule, _SUBCOMMAND[split])
+    check_split(checkpoint, path, datamodule, _SUBCOMMAND[split])
     return checkpoint, model
 
 
@@ -87,12 +101,13 @@ def run_robustness(
     seed: int = 0,
     twin_ckpt: str | Path | None = None,
     out_dir: Path | None = None,
+    split: str = "val",
 ) -> dict[str, Any]:
     """Score one checkpoint over ``levels`` × ``shots``; write the table, JSON and figure.
 
     Args:
         checkpoint_path: A checked Lightning checkpoint of a quantum model.
-        datamodule: The config's data module (set up here); its test fold is scored.
+        datamodule: The config's data module (set up here); its ``split`` rows are scored.
         channel: Gate channel whose probability the levels set.
         levels: Channel probabilities, 0 for none.
         shots: Shot counts, ``None`` for exact expectation values.
@@ -100,18 +115,20 @@ def run_robustness(
         seed: First seed of every cell.
         twin_ckpt: Checkpoint of the classical twin trained on the same split, for its reference line.
         out_dir: Where to write (default: ``robustness`` beside the checkpoint's ``checkpoints`` folder).
+        split: ``"val"``: the fold's validation rows, for choosing; ``"test"``: its test rows, only for the
+            final report of a choice made on the validation rows. The reports name it.
 
     Returns:
         The report as written to ``robustness.json``, with ``"files"`` added.
     """
-    check_grid(channel, levels, shots, repeats)
-    datamodule.setup("test")
-    checkpoint, base = _scored_checkpoint(checkpoint_path, datamodule)
+    check_grid(channel, levels, shots, repeats, split)
+    datamodule.setup(_SUBCOMMAND[split])
+    checkpoint, base = _scored_checkpoint(checkpoint_path, datamodule, split=split)
     hparams = checkpoint["hyper_parameters"]
     if hparams.get("core") == "classical":
         raise QlitError(f"{checkpoint_path}: a classical twin has no circuit to put under noise")
     datamodule.load_state_dict(checkpoint[type(datamodule).__qualname__])  # the preprocessing it trained with
-    loader = datamodule.test_dataloader()
+    loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
     state = checkpoint["state_dict"]
     cells = []
     for count in shots:
@@ -135,12 +152,12 @@ def run_robustness(
         exact = accuracy(model.eval(), loader)
     twin = None
     if twin_ckpt is not None:
-        twin_checkpoint, twin_model = _scored_checkpoint(Path(twin_ckpt), datamodule, core="classical")
+        twin_checkpoint, twin_model = _scored_checkpoint(Path(twin_ckpt), datamodule, core="classical", split=split)
         twin_model.load_state_dict(twin_checkpoint["state_dict"])
         twin = accuracy(twin_model.eval(), loader)
     report = {
         "checkpoint": str(checkpoint_path), "channel": channel, "levels": list(levels), "shots": list(shots),
-        "repeats": repeats, "seed": seed, "n_test": len(loader.dataset), "noiseless_acc": exact,
+        "repeats": repeats, "seed": seed, "split": split, "n_rows": len(loader.dataset), "noiseless_acc": exact,
         "twin_ckpt": None if twin_ckpt is None else str(twin_ckpt), "twin_acc": twin, "cells": cells,
         "model": {k: hparams[k] for k in ("n_qubits", "n_layers", "ansatz", "embedding") if k in hparams},
     }
@@ -158,13 +175,32 @@ def _shots_label(count: int | None) -> str:
     return "exact" if count is None else f"{count} shots"
 
 
+def _split_words(report: dict[str, Any]) -> str:
+    """How a report names its rows: ``validation`` or ``test``."""
+    return SPLITS[report["split"]]
+
+
 def robustness_table(report: dict[str, Any]) -> str:
     """The grid as markdown: one row per noise level, one column per shot setting."""
     cells = {(c["level"], c["shots"]): c for c in report["cells"]}
     head = f"| {report['channel']} p | " + " | ".join(_shots_label(s) for s in report["shots"]) + " |"
+    words = _split_words(report)
+    note = (
+        "Scored on the fold's validation rows (the ones its checkpoint was chosen on): compare and choose here."
+        if report["split"] == "val"
+        else "Scored on the fold's **test** rows (--split test): report a choice made on the validation rows; "
+        "a choice made here makes the test score optimistic."
+    )
     lines = [
-        f"Test accuracy of `{report['checkpoint']}` ({report['n_test']} test samples) under {report['channel']} "
-        f"noise after every gate; mean ± sd over {report['repeats']} seeds where shots make it random.",
+        f"# Robustness on the {words} split",
+        "",
+        (
+            f"{words.capitalize()} accuracy of `{report['checkpoint']}` ({report['n_rows']} {words} samples) under "
+            f"{report['channel']} noise after every gate; mean ± sd over {report['repeats']} seeds where shots make "
+            "it random."
+        ),
+        "",
+        note,
         "",
         head,
         "|" + "---|" * (len(report["shots"]) + 1),
@@ -201,9 +237,11 @@ def robustness_figure(report: dict[str, Any]):
         ax.axhline(report["twin_acc"], color=PALETTE[5], linestyle=":", linewidth=1.5, label="classical twin")
     ax.set_xticks(positions, [f"{level:g}" for level in levels])
     ax.set_xlabel(f"{report['channel']} probability per gate")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(f"{_split_words(report)} accuracy")
     low = min([c["acc_mean"] - c["acc_sd"] for c in report["cells"]] + [report["twin_acc"] or 1.0])
     ax.set_ylim(max(0.0, math.floor(low * 10) / 10 - 0.05), 1.02)
     ax.legend(fontsize=8, loc="lower left")
-    _title(fig, f"Robustness: {report['model'].get('ansatz', '')} ansatz, {report['model'].get('n_qubits', '')} qubits")
+    model = report["model"]
+    _title(fig, f"Robustness on the {_split_words(report)} split: {model.get('ansatz', '')} ansatz, "
+                f"{model.get('n_qubits', '')} qubits")
     return fig

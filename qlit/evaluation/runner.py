@@ -1,7 +1,8 @@
 """Run a list of jobs one after another in this process, or as Ray tasks on a local or existing cluster.
 
-Every job is deterministic on its own (its seed and its fold fix it, and a worker uses one torch
-thread, as a serial run of a small circuit does), so where a job runs does not change its result.
+Every job is deterministic on its own (its seed and its fold fix it, and a Ray task uses the torch thread
+count a serial run uses, `qlit.runtime.choose_threads` as the driver resolves it), so where a job runs does
+not change its result.
 The driver writes every summary; a job writes only its own run folder, so on a cluster of several
 machines ``lightning_logs`` must be on storage all of them share.
 """
@@ -19,15 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from qlit.errors import QlitError
+from qlit.runtime import choose_threads
 
 ADDRESS_ENV = "RAY_ADDRESS"
 # Every process of a local Ray that qlit starts inherits this variable (value: one id per start), which is how
 # the guard below finds them all, whoever their parent is by then.
 OWNER_ENV = "QLIT_RAY_OWNER"
 # The guard: a small process of its own session that waits for the driver's end (EOF on its stdin, which only the
-# driver holds), then SIGKILLs every process carrying the driver's OWNER_ENV. Ray stops most of its processes when
-# the driver dies, but its DashboardAgent and RuntimeEnvAgent first try to tell the (dead) GCS, for 60 s, and a
-# SIGTERM does not stop them. It signals single PIDs it found, never a process group.
+# driver holds), then SIGKILLs every process carrying the driver's OWNER_ENV until none has been seen for 2 s (a
+# process caught between fork and exec, or started by a dying raylet, is found by a later scan). Ray stops most of
+# its processes when the driver dies, but its DashboardAgent and RuntimeEnvAgent first try to tell the (dead) GCS,
+# for 60 s, and a SIGTERM does not stop them. It signals single PIDs it found, never a process group.
 _GUARD = r"""
 import os, signal, sys, time
 marker, spare = sys.argv[1].encode(), {os.getpid(), int(sys.argv[2])}
@@ -42,10 +45,11 @@ def owned():
                         yield int(name)
             except OSError:
                 pass
-for _ in range(100):
+deadline, quiet_since = time.monotonic() + 60, time.monotonic()
+while time.monotonic() < deadline and time.monotonic() - quiet_since < 2:
     found = list(owned())
-    if not found:
-        break
+    if found:
+        quiet_since = time.monotonic()
     for pid in found:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -167,25 +171,29 @@ def shutdown(ray: Any) -> None:
             pass
 
 
-def as_qlit_worker(cwd: str) -> None:
-    """Make a Ray worker run as the ``qlit`` command would: one torch thread, Lightning quiet, and the
+def as_qlit_worker(cwd: str, threads: int | None = None) -> None:
+    """Make a Ray worker run as the ``qlit`` command would: its torch threads, Lightning quiet, and the
     driver's working directory, so that relative paths in the config (data, lightning_logs) mean the same.
 
     Ray starts workers in folders of its own (Ray Tune: one per trial); on a node that lacks the driver's
     folder the worker stays where it is.
+
+    Args:
+        cwd: The driver's working directory.
+        threads: The driver's `qlit.runtime.choose_threads`; ``None``: the same policy on this worker's
+            environment (which a node of a cluster does not share with the driver).
     """
-    import torch
+    from qlit.cli import quiet_lightning
+    from qlit.runtime import apply_threads
 
-    from qlit.cli import THREADS_ENV, quiet_lightning
-
-    torch.set_num_threads(int(os.environ.get(THREADS_ENV) or 1))  # the task holds one CPU
+    apply_threads(threads)
     quiet_lightning()
     if os.path.isdir(cwd):
         os.chdir(cwd)
 
 
-def _in_worker(fn: Callable[[Any], Any], job: Any, cwd: str) -> Any:
-    as_qlit_worker(cwd)
+def _in_worker(fn: Callable[[Any], Any], job: Any, cwd: str, threads: int | None = None) -> Any:
+    as_qlit_worker(cwd, threads)
     return fn(job)
 
 
@@ -215,7 +223,8 @@ def run_jobs(
         return
     ray, started = connect(workers, address, "--address" if address else option)
     task = ray.remote(num_cpus=1, num_gpus=gpus_per_job, max_retries=0)(_in_worker)
-    pending = {task.remote(fn, job, os.getcwd()): i for i, job in enumerate(jobs)}
+    threads = choose_threads()  # the driver's choice travels with each task: a node need not share its environment
+    pending = {task.remote(fn, job, os.getcwd(), threads): i for i, job in enumerate(jobs)}
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

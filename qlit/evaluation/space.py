@@ -7,8 +7,12 @@ Example (``configs/space/genomic.yaml``)::
     model.ansatz: {choice: [basic, strong]}
     data.batch_size: {grid: [16, 32]}        # every value, times num_samples
 
-Keys are the config's own: ``model.<arg>``, ``data.<arg>`` (the data module's ``init_args``) and
-``trainer.<arg>``. Each value names one distribution and its arguments.
+Keys are the config's own, from an allow-list (`TUNABLE`): any ``model.<arg>`` but the ones the data sets
+(``in_features``, ``num_classes``, ``class_names``), ``data.batch_size`` and ``data.n_components``, and the
+trainer's ``max_epochs``, ``min_epochs``, ``gradient_clip_val``, ``gradient_clip_algorithm`` and
+``accumulate_grad_batches``. Everything else is refused before Ray starts: a data key such as ``threshold``,
+``horizon`` or ``path`` would change the task (the rows or the labels), so "tuned" and "untuned" would no
+longer be scored on the same problem. Each value names one distribution and its arguments.
 """
 
 from __future__ import annotations
@@ -28,18 +32,13 @@ LISTS = ("choice", "grid")
 NORMAL = ("randn", "qrandn")
 DISTRIBUTIONS = RANGES + LISTS + NORMAL
 SECTIONS = ("model", "data", "trainer")
-# What a trial may not change: the split, which rows are held out, and where the folds log.
-FIXED = {
-    "data.fold",
-    "data.num_folds",
-    "data.split_seed",
-    "data.inner_folds",
-    "data.inner_fold",
-    "trainer.logger",
-    "trainer.callbacks",
-    "trainer.default_root_dir",
-    "data.predict_file",
+# What a trial may change: how the model is built and trained, never which rows there are, their labels or
+# their split. Every model argument is tunable but those the data module sets.
+TUNABLE = {
+    "data": ("batch_size", "n_components"),
+    "trainer": ("max_epochs", "min_epochs", "gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches"),
 }
+LINKED = ("in_features", "num_classes", "class_names")
 
 
 def _number(value: Any) -> bool:
@@ -108,19 +107,34 @@ def _check_grid(path: Path, key: str, name: str, low: float, high: float, q: flo
         raise QlitError(f"{path}: {key}: {name} [{low}, {high}] holds no multiple of the step q={q!r}")
 
 
+def tunable(section: str, name: str) -> bool:
+    """Whether ``<section>.<name>`` is on the allow-list of keys a search may change."""
+    if section == "model":
+        return name not in LINKED
+    return name in TUNABLE.get(section, ())
+
+
 def _check_key(path: Path, key: str, config: Namespace) -> None:
     section, _, name = key.partition(".")
     if section not in SECTIONS or not name or "." in name:
         raise QlitError(f"{path}: {key!r} is not a config key to tune; use model.<arg>, data.<arg> or trainer.<arg>")
-    if key in FIXED:
-        raise QlitError(f"{path}: {key} cannot be tuned: it fixes the folds or where they log")
     if section == "data":
         options, owner = config.data.get("init_args") or Namespace(), config.data.class_path
     else:
         options, owner = config.get(section) or Namespace(), section
+    if not tunable(section, name):
+        allowed = (
+            "any model.<arg> but " + ", ".join(LINKED)
+            if section == "model"
+            else ", ".join(f"{section}.{k}" for k in TUNABLE[section] if section != "data" or k in vars(options))
+        )
+        raise QlitError(
+            f"{path}: {key} cannot be tuned: tuning may change how the model is built and trained, not the rows, "
+            f"labels, split or logs it is scored on; {section} keys that can: {allowed or 'none'}"
+        )
     if name not in vars(options):
-        known = ", ".join(sorted(k for k in vars(options) if f"{section}.{k}" not in FIXED))
-        raise QlitError(f"{path}: {key}: {owner} has no option {name!r}; it has {known}")
+        known = ", ".join(sorted(k for k in vars(options) if tunable(section, k)))
+        raise QlitError(f"{path}: {key}: {owner} has no option {name!r}; tunable ones: {known}")
 
 
 def read_space(path: str | Path, config: Namespace) -> dict[str, tuple[str, list[Any]]]:

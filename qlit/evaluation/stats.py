@@ -17,15 +17,23 @@ CI_NOTE = "95% CI of the mean: mean ± t(0.975, k-1) · sd / sqrt(k), Student t 
 def interval(values: Sequence[float], clip: bool = True) -> dict[str, Any]:
     """Mean, sample sd and 95% Student-t interval (k-1 dof) of the mean of per-fold values.
 
-    Accuracies are clipped to [0, 1]; paired differences (``clip=False``) are not.
+    Accuracies are clipped to [0, 1]; paired differences (``clip=False``) are not. One value has no
+    spread and no interval: ``std`` and ``ci95`` are then ``None`` (JSON null), not a made-up 0 or [0, 1].
     """
     values = np.asarray(values, dtype=float)
     k = len(values)
     mean = float(values.mean())
-    sd = float(values.std(ddof=1)) if k > 1 else 0.0
-    half = float(stats.t.ppf(0.975, k - 1) * sd / math.sqrt(k)) if k > 1 else float("nan")
+    if k < 2:
+        return {"mean": mean, "std": None, "ci95": None}
+    sd = float(values.std(ddof=1))
+    half = float(stats.t.ppf(0.975, k - 1) * sd / math.sqrt(k))
     low, high = mean - half, mean + half
     return {"mean": mean, "std": sd, "ci95": [max(0.0, low), min(1.0, high)] if clip else [low, high]}
+
+
+def shown(value: float | None, fmt: str = ".3f") -> str:
+    """A number for a markdown table; ``n/a`` where there is none (the sd or CI of one fold)."""
+    return "n/a" if value is None else format(value, fmt)
 
 
 def with_stats(folds: list[dict[str, Any]], metric: str = METRIC) -> dict[str, Any]:

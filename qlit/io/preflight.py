@@ -145,6 +145,8 @@ def check_split(checkpoint: dict[str, Any], path: Path, datamodule: Any, subcomm
     current = datamodule.split_identity()
     keys = ("data_sha256", "train_sha256", "val_sha256", "test_sha256")
     if all(saved.get(key) == current[key] for key in keys):
+        if subcommand in ("test", "predict"):
+            check_not_searched(saved.get("tuned_on"), current.get("tuned_on"), path, datamodule, verb)
         return
     if saved.get("data_sha256") != current["data_sha256"]:
         raise QlitError(
@@ -156,6 +158,33 @@ def check_split(checkpoint: dict[str, Any], path: Path, datamodule: Any, subcomm
         f"whose rows include rows that model trained or was tested on; use the config it was trained with"
         + (f" (--data.fold {saved['fold']})" if saved.get("fold") != current["fold"] else "")
     )
+
+
+def check_not_searched(
+    saved: dict[str, Any] | None, current: dict[str, Any] | None, path: Path, datamodule: Any, verb: str
+) -> None:
+    """Refuse to score test rows that the ``qlit tune`` search behind the model's config trained or validated on.
+
+    ``saved`` is the provenance the checkpoint recorded, ``current`` the command's config's (``data.tuned_on``):
+    the test score of a config chosen with the test rows is optimistic, as a checkpoint's own training rows are.
+
+    Raises:
+        QlitError: naming the search's outer fold and how many test rows it saw.
+    """
+    from qlit.data.base import searched_rows_scored
+
+    test = datamodule.indices["test"]
+    for tuned_on in (saved, current):
+        seen = searched_rows_scored(tuned_on, datamodule.data_sha256(), test)
+        if len(seen):
+            outer = tuned_on.get("outer_fold")
+            search = f"outer fold {outer}" if outer is not None else "all rows"
+            raise QlitError(
+                f"{path}: its config was chosen by a qlit tune search on {search} of these data, which trained or "
+                f"validated on {len(seen)} of the {len(test)} rows this command {verb} (fold {datamodule.fold}); "
+                "a score there is optimistic: use the nested estimate in tune_summary, or the fold the config was "
+                "tuned for (best_config_fold_<k>.yaml, --data.fold <k>)"
+            )
 
 
 def _describe_split(split: dict[str, Any]) -> str:

@@ -27,7 +27,8 @@ ANSATZES: tuple[str, ...] = ("basic", "strong", "reupload")
 ROTATIONS: tuple[str, ...] = ("X", "Y", "Z")
 SHOT_GRADIENTS: tuple[str, ...] = ("parameter-shift", "exact")
 WEIGHT_INIT_STD = 0.05
-# Gate noise: qlit's name -> PennyLane's channel, in the order both apply them after every gate.
+# Gate noise: qlit's name -> PennyLane's channel, in the order both apply them after every gate as drawn (an
+# embedding rotation, a trainable rotation, a whole Rot, a CNOT), on every wire the gate touches.
 CHANNELS = {
     "depolarizing": "DepolarizingChannel",
     "amplitude_damping": "AmplitudeDamping",
@@ -178,8 +179,10 @@ class CircuitSpec:
         diff_method: PennyLane differentiation method; ignored by the ``qlit`` backend.
         init_std: Standard deviation of the normal initial circuit angles.
         shots: ``None`` for exact expectation values, or the number of measurements each ⟨Z⟩ is estimated from.
-        noise: Channel probabilities, e.g. ``{"depolarizing": 0.01, "readout_error": 0.02}``: every gate is
-            followed by each channel on each wire it touches; ``readout_error`` flips each measured bit.
+        noise: Channel probabilities, e.g. ``{"depolarizing": 0.01, "readout_error": 0.02}``: every gate of the
+            circuit as drawn (`draw_circuit`: an embedding rotation, an RX of ``basic``, a whole ``Rot`` of
+            ``strong``, a CNOT) is followed by each channel on each wire it touches, so ``basic`` and ``strong``
+            get the same channels per layer; ``readout_error`` flips each measured bit.
         shot_gradient: With ``shots`` on the ``qlit`` backend: ``"parameter-shift"`` (sampled shifted circuits,
             as a device computes them) or ``"exact"``, a simulation-only shortcut (sampled forward values,
             the exact gradient of the expectation).
@@ -218,7 +221,7 @@ class CircuitSpec:
 
     @property
     def gate_noise(self) -> tuple[tuple[str, float], ...]:
-        """The channels applied after every gate (readout error left out)."""
+        """The channels applied after every gate as drawn (readout error left out)."""
         return tuple((name, p) for name, p in self.noise if name in CHANNELS)
 
     @property
@@ -246,16 +249,18 @@ class Gate(NamedTuple):
     """One gate of a circuit: ``name`` (RX, RY, RZ or CNOT), its wires, and where its angle comes from.
 
     ``source`` indexes ``cat([inputs, weights.flatten()])``: below ``n_qubits`` an input feature, above a
-    trainable angle; ``-1`` for CNOT.
+    trainable angle; ``-1`` for CNOT. ``noisy``: whether gate noise follows it, true for the last (or only)
+    part of a gate as drawn, false for the first two of the RZ RY RZ that make up a ``Rot``.
     """
 
     name: str
     wires: tuple[int, ...]
     source: int
+    noisy: bool = True
 
 
 def gate_sequence(n_qubits: int, n_layers: int, ansatz: str, embedding: str) -> list[Gate]:
-    """The circuit as gates, in PennyLane's order (``Rot(φ, θ, ω)`` as ``RZ(φ) RY(θ) RZ(ω)``)."""
+    """The circuit as gates, in PennyLane's order (``Rot(φ, θ, ω)`` as ``RZ(φ) RY(θ) RZ(ω)``, noisy after the last)."""
     rotation = "R" + embedding
     embed = [Gate(rotation, (w,), w) for w in range(n_qubits)]
     gates = [] if ansatz == "reupload" else list(embed)
@@ -268,7 +273,10 @@ def gate_sequence(n_qubits: int, n_layers: int, ansatz: str, embedding: str) -> 
             if ansatz == "basic":
                 gates.append(Gate("RX", (wire,), first))
             else:
-                gates += [Gate("RZ", (wire,), first), Gate("RY", (wire,), first + 1), Gate("RZ", (wire,), first + 2)]
+                gates += [
+                    Gate("RZ", (wire,), first, noisy=False), Gate("RY", (wire,), first + 1, noisy=False),
+                    Gate("RZ", (wire,), first + 2),
+                ]
         gates += [Gate("CNOT", pair, -1) for pair in pairs]
     return gates
 
@@ -316,7 +324,9 @@ def pennylane_circuit(n_qubits: int, ansatz: str, embedding: str):
 
 
 def pennylane_noisy_circuit(spec: CircuitSpec):
-    """A quantum function written gate by gate from `gate_sequence`, each gate followed by ``spec``'s channels.
+    """A quantum function written gate by gate from `gate_sequence`, each gate as drawn followed by ``spec``'s channels.
+
+    A ``Rot`` is written as its RZ RY RZ, with the channels after the last of the three only.
 
     ``readout_error`` is a bit flip of every wire just before the measurement, which is what it is for a
     measurement in the computational basis.
@@ -334,6 +344,8 @@ def pennylane_noisy_circuit(spec: CircuitSpec):
                 qml.CNOT(wires=list(gate.wires))
             else:
                 getattr(qml, gate.name)(sources[gate.source], wires=gate.wires[0])
+            if not gate.noisy:
+                continue
             for channel, p in channels:
                 for wire in gate.wires:
                     channel(p, wires=wire)

@@ -161,6 +161,8 @@ class HybridClassifier(L.LightningModule):
         # Metrics accumulate per step and are logged once per epoch: `self.log` on every step costs
         # more than a training step of these small networks.
         self.epoch_metrics = nn.ModuleDict({f"{stage}_metrics": EpochMetrics(num_classes) for stage in STAGES})
+        # A list while a caller collects the test pass's logits (`keep_test_logits`), else None.
+        self.test_logits: list[torch.Tensor] | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -191,6 +193,20 @@ class HybridClassifier(L.LightningModule):
             return torch.stack([1 - p, p], dim=-1)
         return torch.softmax(logits, dim=-1)
 
+    def predicted_classes(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class indices of ``forward``'s logits, by the rule the logged accuracy uses (binary: sigmoid > 0.5)."""
+        if self.binary:
+            return (torch.sigmoid(logits.float()) > 0.5).long()
+        return logits.argmax(-1)
+
+    def keep_test_logits(self) -> None:
+        """Keep the logits of the test steps that follow in `test_logits` (CPU, in batch order).
+
+        Under shots every forward pass is a new random draw: a caller that reports more than the logged
+        ``test_loss`` and ``test_acc`` (a confusion matrix) takes it from these logits, the same draw.
+        """
+        self.test_logits = []
+
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.binary:
             return F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype))
@@ -201,6 +217,8 @@ class HybridClassifier(L.LightningModule):
         logits = self(x)
         loss = self._loss(logits, y)
         self.epoch_metrics[f"{stage}_metrics"].update(logits.detach(), y, loss)
+        if stage == "test" and self.test_logits is not None:
+            self.test_logits.append(logits.detach().cpu())
         return loss
 
     def _log_epoch(self, stage: str) -> None:

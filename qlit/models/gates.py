@@ -5,8 +5,9 @@ gates runs here with ordinary autograd, so a new ansatz needs no hand-derived ta
 in `qlit.models.statevector` keeps those for ``basic`` and ``strong``). It is also the path of the
 hardware conditions:
 
-* gate noise: the state is a density matrix ``(B, 2^n, 2^n)``; every gate is followed by each channel
-  on every wire it touches, each channel a constant 4×4 superoperator on one wire's (row, column) bits;
+* gate noise: the state is a density matrix ``(B, 2^n, 2^n)``; every gate as drawn (an embedding rotation,
+  an RX, a whole ``Rot``, a CNOT: `qlit.models.circuit.Gate.noisy`) is followed by each channel on every wire
+  it touches, each channel a constant 4×4 superoperator on one wire's (row, column) bits;
   When the inputs enter only through the first gates (``basic``, ``strong``) and the batch is larger
   than ``2^n``, the same numbers come from the Heisenberg picture instead (`GateProgram.shared_probabilities`):
   the ``2^n`` outcome projectors run backwards through the sample-independent rest of the circuit once per
@@ -83,6 +84,15 @@ def _rotations(name: str, angles: torch.Tensor) -> torch.Tensor:
     else:
         real, imag = torch.stack([c, zero, zero, c], -1), torch.stack([-s, zero, zero, s], -1)
     return torch.complex(real, imag).reshape(-1, 2, 2)
+
+
+def _rotation_step(matrix: torch.Tensor, channel: torch.Tensor | None) -> torch.Tensor:
+    """``(B, 2, 2, 2, 2)`` superoperators of rotations ``(B, 2, 2)``, followed by ``channel`` unless it is ``None``.
+
+    U ρ U† on one wire is (U ⊗ U*) on its (row, column) bits.
+    """
+    step = torch.einsum("bxy,bcd->bxcyd", matrix, matrix.conj()).reshape(-1, 2, 2, 2, 2)
+    return step if channel is None else torch.einsum("acxy,bxyzw->baczw", channel, step)
 
 
 def _cnot_index(n_qubits: int, control: int, target: int, device: torch.device) -> torch.Tensor:
@@ -185,7 +195,7 @@ class GateProgram:
         return state
 
     def _density(self, angles: torch.Tensor, c: dict) -> torch.Tensor:
-        """Gate noise: each rotation and the channels after it as one per-sample 4×4 superoperator on its wire."""
+        """Gate noise: each rotation (and the channels after it, if any) as one per-sample 4×4 superoperator."""
         batch, dim = angles.shape[0], 2**self.n
         rho = torch.zeros(batch, dim * dim, dtype=c["complex"], device=angles.device)
         rho[:, 0] = 1.0
@@ -199,10 +209,7 @@ class GateProgram:
                 continue
             matrix = _rotations(gate.name, angles[:, j]).to(c["complex"])
             j += 1
-            # U ρ U† on one wire is (U ⊗ U*) on its (row, column) bits; the channel follows.
-            step = torch.einsum("bxy,bcd->bxcyd", matrix, matrix.conj())
-            step = torch.einsum("acxy,bxyzw->baczw", channel, step.reshape(batch, 2, 2, 2, 2))
-            rho = self._on_wire(rho, step, gate.wires[0])
+            rho = self._on_wire(rho, _rotation_step(matrix, channel if gate.noisy else None), gate.wires[0])
         return torch.diagonal(rho.reshape(batch, dim, dim), dim1=1, dim2=2).real
 
     @property
@@ -228,7 +235,9 @@ class GateProgram:
         state = None
         for wire, gate in enumerate(self.gates[: self.n]):
             column = _rotations(gate.name, x[:, wire]).to(c["complex"])[:, :, 0]  # R(x)|0⟩
-            factor = torch.einsum("acbd,zb,zd->zac", channel, column, column.conj())
+            factor = torch.einsum("zb,zd->zbd", column, column.conj())
+            if gate.noisy:
+                factor = torch.einsum("acbd,zbd->zac", channel, factor)
             vector = torch.einsum("zac,pca->zp", factor, paulis).real
             state = vector if state is None else (state[:, :, None] * vector[:, None, :]).reshape(batch, -1)
         # Rows: the projectors |k⟩⟨k|, flattened; propagated by Õ'[b, d] = Σ Õ[a, c] S[a, c, b, d].
@@ -242,8 +251,7 @@ class GateProgram:
                 observables = observables[:, c["cnot_pairs"][gate.wires]]
                 continue
             matrix = _rotations(gate.name, flat[gate.source - self.n][None]).to(c["complex"])
-            step = torch.einsum("bxy,bcd->bxcyd", matrix, matrix.conj())
-            step = torch.einsum("acxy,bxyzw->baczw", channel, step.reshape(1, 2, 2, 2, 2))
+            step = _rotation_step(matrix, channel if gate.noisy else None)
             observables = self._on_wire(observables, step, gate.wires[0], adjoint=True)
         # Pauli coefficients Tr(O σ_P) of each propagated observable, wire by wire; ρ = 2^-n Σ_P v_P σ_P.
         coefficients = observables.reshape(dim, *[2] * (2 * self.n))

@@ -145,7 +145,7 @@ def test_missing_calls_are_imputed_with_the_training_mean_only(fileset):
 
 
 def test_predict_matches_snps_by_id_flips_swapped_alleles_and_imputes_absent_ones(fileset, tmp_path, capsys):
-    dm = module(fileset)
+    dm = module(fileset, strand_ambiguous="match")  # A/T and C/G SNPs too (their default is tested below)
     dm.setup("fit")
     base = dm._project_new(PlinkFileset(fileset)).numpy()
     np.testing.assert_allclose(base[dm.rows[dm.indices["test"]]], dm.features("test"), rtol=1e-4, atol=1e-4)
@@ -283,6 +283,10 @@ def test_fit_test_and_predict_a_new_fileset_through_the_cli(fileset, tmp_path, c
     main(["fit", *args, "--trainer.max_epochs=2"])
     run = tmp_path / "lightning_logs" / "genotypes_plink" / "version_0"
     main(["test", *args, "--ckpt_path=best"])
+    # Other QC or PCA options give other features: refused (before, pca_iterations and min_maf passed the guard).
+    for option, old, changed in [("pca_iterations", "4", "0"), ("min_maf", "0.01", "0.0101")]:
+        one_line_error(["test", *args, "--ckpt_path=best", f"--data.init_args.{option}={changed}"], capfd,
+                       ["best.ckpt", "other data", f"{option}={old}", f"{option}={changed}"])
     checkpoint = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
     state = checkpoint["PlinkDataModule"]
     assert len(state["snps"]["id"]) == state["raw_features"] == state["preprocessing"]["pca_mean"].numel()
@@ -319,3 +323,93 @@ def test_predict_a_new_fileset_needs_only_the_checkpoint_whatever_the_fold(files
     main([*predict, "--data.fold=2"])
     outputs = [(run / name).read_text() for name in ("predictions.csv", "predictions_1.csv", "predictions_2.csv")]
     assert outputs[0] == outputs[1] == outputs[2] and len(outputs[0].splitlines()) == 31
+
+
+def test_restored_checkpoint_projects_every_row_with_its_own_components(fileset):
+    """Before: setup() refit the PCA and load_state_dict restored only the score scaler, so a command with
+    other PCA options scored the test fold on other features than the training run (up to 1.5 sd apart)."""
+    trained = module(fileset, pca_iterations=4)
+    trained.setup("fit")
+    state = trained.state_dict()
+    for options in ({"pca_iterations": 0}, {"min_maf": 0.1}, {"pca_iterations": 4}):
+        restored = module(fileset, **options)
+        restored.setup("test")  # Lightning's order: setup, then the checkpoint's state
+        restored.load_state_dict(state)
+        for split in ("test", "val", "train"):
+            np.testing.assert_array_equal(restored.features(split), trained.features(split), err_msg=str(options))
+    early = module(fileset, pca_iterations=0)  # the state restored before setup: nothing is fit at all
+    early.load_state_dict(state)
+    early.setup("test")
+    np.testing.assert_array_equal(early.features("test"), trained.features("test"))
+    assert early.snps == trained.snps
+
+
+def test_feature_options_are_part_of_the_data_identity(fileset):
+    """Before: min_maf, block_snps and pca_iterations were outside the split identity the guard compares."""
+    base = module(fileset)
+    base.setup("fit")
+    digest = base.split_identity()["data_sha256"]
+    uncached = module(fileset, cache_gb=0.0)  # a memory knob only
+    uncached.setup("fit")
+    assert uncached.split_identity()["data_sha256"] == digest
+    for options in ({"pca_iterations": 0}, {"min_maf": 0.02}, {"block_snps": 700}):
+        other = module(fileset, **options)
+        other.setup("fit")
+        identity = other.split_identity()
+        assert identity["data_sha256"] != digest, options
+        name, value = next(iter(options.items()))
+        assert identity["source"][name] == value
+
+
+def _relabel_bim(bed: Path, to: Path, edit) -> Path:
+    """A copy of ``bed``'s fileset at ``to`` whose .bim lines pass through ``edit(index, fields)``."""
+    new = copy_fileset(bed, to)
+    lines = [line.split("\t") for line in bed.with_suffix(".bim").read_text().splitlines()]
+    new.with_suffix(".bim").write_text("".join("\t".join(edit(j, f)) + "\n" for j, f in enumerate(lines)))
+    return new
+
+
+def test_duplicate_snp_or_individual_ids_are_refused_in_one_line(fileset, tmp_path):
+    """Before: both were accepted, and predict mapped two model SNPs to one column, reporting them all found."""
+    dup_snp = _relabel_bim(fileset, tmp_path / "snp" / "sim", lambda j, f: [f[0], "rs1" if j == 5 else f[1], *f[2:]])
+    with pytest.raises(QlitError) as err:
+        PlinkFileset(dup_snp, "predict file")
+    message = str(err.value)
+    assert "\n" not in message and "sim.bim" in message and "'rs1'" in message and "lines 1 and 6" in message, message
+    dup_iid = copy_fileset(fileset, tmp_path / "iid" / "sim")
+    fam = dup_iid.with_suffix(".fam").read_text().splitlines()
+    second = fam[1].split()
+    fam[3] = " ".join([second[0], second[1], *fam[3].split()[2:]])
+    dup_iid.with_suffix(".fam").write_text("\n".join(fam) + "\n")
+    with pytest.raises(QlitError) as err:
+        module(dup_iid)
+    message = str(err.value)
+    assert "\n" not in message and "sim.fam" in message and repr(second[1]) in message and "lines 2 and 4" in message
+
+
+def test_strand_ambiguous_snps_are_left_out_of_matching_and_counted(fileset, tmp_path, capsys):
+    """Before: an A/T or C/G SNP listed with swapped alleles was flipped, though it may be the other strand."""
+    dm = module(fileset)
+    dm.setup("fit")
+    a1, a2 = dm.snps["allele_1"], dm.snps["allele_2"]
+    ambiguous = [k for k in range(len(a1)) if {a1[k], a2[k]} in ({"A", "T"}, {"C", "G"})]
+    assert 0 < len(ambiguous) < len(a1)
+    names = {dm.snps["id"][k] for k in ambiguous}
+    other_strand = _relabel_bim(fileset, tmp_path / "strand" / "sim",  # listed swapped, counts as they were
+                                lambda j, f: [*f[:4], f[5], f[4]] if f[1] in names else f)
+    capsys.readouterr()
+    got = dm._project_new(PlinkFileset(other_strand)).numpy()
+    out = capsys.readouterr().out
+    assert f"{len(a1) - len(ambiguous)} of the model's {len(a1)} SNPs found (0 with swapped alleles" in out, out
+    assert f"{len(ambiguous)} strand-ambiguous (A/T, C/G) left out" in out and out.count("\n") == 1, out
+    sid = list(open_bed(fileset).sid)
+    genotypes = open_bed(fileset).read(dtype="int8")[:, [sid.index(s) for s in dm.snps["id"]]].astype(np.float64)
+    mean = dm.preprocessor.state["pca_mean"].numpy()
+    filled = np.where(genotypes < 0, mean, genotypes)
+    filled[:, ambiguous] = mean[ambiguous]  # as absent: the training mean
+    np.testing.assert_allclose(got, dm.preprocessor.transform(filled).numpy(), rtol=1e-5, atol=1e-5)
+    matched = module(fileset, strand_ambiguous="match")
+    matched.setup("fit")
+    capsys.readouterr()
+    matched._project_new(PlinkFileset(other_strand))
+    assert f"{len(ambiguous)} with swapped alleles, flipped" in capsys.readouterr().out

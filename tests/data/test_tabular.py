@@ -101,6 +101,46 @@ def test_missing_value_is_an_error_or_the_training_rows_mean(tmp_path):
         assert dm.state_dict()["impute_means"][1].item() == pytest.approx(expected)
 
 
+def test_imputation_means_come_from_the_inner_training_rows_only(tmp_path):
+    """Before: the means came from the outer fold's training rows, which hold every trial's inner validation rows."""
+    frame = animals(60)
+    frame.loc[np.random.default_rng(3).choice(60, 15, replace=False), "height"] = np.nan
+    frame.to_csv("a.csv", index=False)
+    raw = frame[["weight", "height", "age"]].to_numpy()
+    gaps = np.isnan(raw[:, 1])
+    digests = set()
+    for inner_fold in range(3):
+        dm = TabularDataModule(path="a.csv", target="species", impute="mean", num_folds=3, fold=1, inner_folds=3,
+                               inner_fold=inner_fold)
+        dm.setup("fit")
+        expected = np.nanmean(raw[dm.indices["train"]], axis=0)
+        np.testing.assert_allclose(dm.state_dict()["impute_means"].numpy(), expected, rtol=1e-12)
+        assert not np.allclose(expected, np.nanmean(raw[dm.split(dm.y)["train"]], axis=0))  # the outer rows' differ
+        np.testing.assert_allclose(dm.x[gaps, 1], expected[1], rtol=1e-12)  # validation rows' gaps too
+        np.testing.assert_allclose(dm.features("val"), dm.preprocessor.transform(dm.x[dm.indices["val"]]).numpy())
+        digests.add(dm.split_identity()["data_sha256"])
+    assert len(digests) == 1, "the data's identity must not depend on which rows fill the gaps"
+
+
+def test_restored_checkpoint_means_fill_the_test_rows(tmp_path):
+    """Everything that shapes an input comes from the checkpoint: before, restoring it left this command's means."""
+    frame = animals(60)
+    frame.loc[range(0, 60, 4), "age"] = np.nan
+    frame.to_csv("a.csv", index=False)
+    trained = TabularDataModule(path="a.csv", target="species", impute="mean", num_folds=3)
+    trained.setup("fit")
+    state = trained.state_dict()
+    state["impute_means"] = state["impute_means"] + 5.0  # a checkpoint whose means this fold would not give
+    restored = TabularDataModule(path="a.csv", target="species", impute="mean", num_folds=3)
+    restored.setup("test")
+    restored.load_state_dict(state)
+    rows = restored.indices["test"]
+    expected = frame[["weight", "height", "age"]].to_numpy()[rows]
+    assert np.isnan(expected).any()
+    expected = np.where(np.isnan(expected), state["impute_means"].numpy(), expected)
+    np.testing.assert_allclose(restored.features("test"), trained.preprocessor.transform(expected).numpy(), rtol=1e-6)
+
+
 def test_numeric_column_with_a_typo_and_explicit_text_feature_are_errors(tmp_path):
     frame = animals().astype({"age": object})
     frame.loc[4, "age"] = "12,5"
@@ -186,16 +226,6 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("args", "words", "files"), CASES)
-def test_bad_table_is_one_line_exit_2_and_writes_nothing(tmp_path, capfd, args, words, files):
-    animals().to_csv("a.csv", index=False)
-    for name, text in files.items():
-        Path(name).write_text(text)
-    before = snapshot(tmp_path)
-    one_line_error(args, capfd, words)
-    assert snapshot(tmp_path) == before
-
-
 CATS_AND_DOGS = "x,y,label\n" + "".join(f"{i},{i % 3},{'cat' if i % 2 else 'dog'}\n" for i in range(20))
 SINGLE_ROW_CLASS = CATS_AND_DOGS + "7,1,bird\n"
 MISSING_VALUE = CATS_AND_DOGS + ",1,cat\n"
@@ -210,8 +240,8 @@ HARDENING_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("args", "words", "files"), HARDENING_CASES)
-def test_more_bad_tables_are_one_line_naming_the_culprit(tmp_path, capfd, args, words, files):
+@pytest.mark.parametrize(("args", "words", "files"), CASES + HARDENING_CASES)
+def test_bad_table_is_one_line_exit_2_and_writes_nothing(tmp_path, capfd, args, words, files):
     animals().to_csv("a.csv", index=False)
     for name, text in files.items():
         Path(name).write_text(text)

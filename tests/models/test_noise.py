@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pennylane as qml
 import pytest
 import torch
+from torch import nn
 
 from qlit.errors import QlitError
 from qlit.models import HybridClassifier, QuantumLayer
-from qlit.models.circuit import ANSATZES, DENSITY_MAX_QUBITS, CircuitSpec
+from qlit.models.circuit import ANSATZES, CHANNELS, DENSITY_MAX_QUBITS, CircuitSpec, pennylane_circuit
 from qlit.models.gates import sample_frequencies
 from tests.conftest import CONFIGS, one_line_error
 
@@ -33,7 +35,33 @@ def _pair(spec_kwargs: dict, other_backend: str, **other) -> tuple[QuantumLayer,
     return ours, theirs.double()
 
 
-def _outputs_and_grads(layer: QuantumLayer, x: torch.Tensor, cotangent: torch.Tensor):
+class _DrawnWithChannels(nn.Module):
+    """PennyLane's own templates expanded to the gates they are drawn with (``Rot`` kept whole), and
+    `qml.noise.insert` putting the channels after every one of them, on each of its wires: the reference
+    of qlit's noise placement, built without `qlit.models.circuit.gate_sequence`."""
+
+    def __init__(self, spec: CircuitSpec, weights: torch.Tensor) -> None:
+        super().__init__()
+        self.weights = nn.Parameter(weights.detach().clone())
+
+        def channels(_, wires):
+            for name, p in spec.gate_noise:
+                getattr(qml, CHANNELS[name])(p, wires=wires)
+
+        qnode = qml.QNode(pennylane_circuit(spec.n_qubits, spec.ansatz, spec.embedding),
+                          qml.device("default.mixed", wires=spec.n_qubits), interface="torch", diff_method="backprop")
+        qnode = qml.transforms.decompose(qnode, gate_set={"RX", "RY", "RZ", "Rot", "CNOT"})
+        if spec.gate_noise:
+            qnode = qml.noise.insert(qnode, channels, 0.0, position="all")
+        if spec.readout_error > 0:
+            qnode = qml.noise.insert(qnode, qml.BitFlip, spec.readout_error, position="end")
+        self.qnode = qnode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack(self.qnode(x, self.weights), -1)
+
+
+def _outputs_and_grads(layer: nn.Module, x: torch.Tensor, cotangent: torch.Tensor):
     inputs = x.clone().requires_grad_()
     layer.weights.grad = None
     out = layer(inputs)
@@ -49,12 +77,34 @@ def test_density_matrix_matches_default_mixed(ansatz, embedding, noise):
     assert ours.circuit.program.embeds_first == (ansatz != "reupload")
     x = torch.randn(10, 3, dtype=torch.float64) * 2  # more samples than outcomes: the Heisenberg path
     cotangent = torch.randn(10, 3, dtype=torch.float64)
-    for name, a, b in zip(("output", "weight grad", "input grad"), _outputs_and_grads(ours, x, cotangent),
-                          _outputs_and_grads(theirs, x, cotangent)):
-        assert (a - b).abs().max().item() < TOL, name
+    # qlit's simulator against PennyLane's templates with the channels inserted after each drawn gate, and
+    # qlit's default.mixed backend (slower: on fewer samples) against qlit's simulator.
+    reference = _DrawnWithChannels(ours.spec, ours.weights)
+    for a_layer, b_layer, rows in ((ours, reference, 10), (theirs, ours, 4)):
+        for name, a, b in zip(("output", "weight grad", "input grad"),
+                              _outputs_and_grads(a_layer, x[:rows], cotangent[:rows]),
+                              _outputs_and_grads(b_layer, x[:rows], cotangent[:rows])):
+            assert (a - b).abs().max().item() < TOL, (rows, name)
     noiseless = QuantumLayer(3, 2, ansatz, embedding).double()
     noiseless.load_state_dict(ours.state_dict())
     assert (noiseless(x) - ours(x)).abs().max() > 1e-3  # the noise does something
+
+
+@pytest.mark.parametrize("path", ["schrodinger", "heisenberg"])
+def test_a_rot_is_one_noisy_gate_as_an_rx_is(path):
+    # One wire, no CNOT, all trainable angles 0: a basic layer is RX(0), a strong layer Rot(0, 0, 0), both the
+    # identity. Followed by the channels once each, the two circuits are the same channel (not 3 against 1).
+    x = torch.linspace(-1.2, 1.3, 2 if path == "schrodinger" else 5, dtype=torch.float64)[:, None]
+    noise = {"depolarizing": 0.1, "amplitude_damping": 0.2}
+    basic, strong = (QuantumLayer(1, 2, ansatz, "Y", noise=noise).double() for ansatz in ("basic", "strong"))
+    with torch.no_grad():
+        for layer in (basic, strong):
+            layer.weights.zero_()
+    assert strong.circuit.program.embeds_first and (x.shape[0] > 2) == (path == "heisenberg")
+    assert torch.allclose(basic(x), strong(x), atol=1e-12)
+    noiseless = QuantumLayer(1, 2, "strong", "Y").double()
+    noiseless.load_state_dict(strong.state_dict())
+    assert (noiseless(x) - strong(x)).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("ansatz,n_qubits", [("basic", 1), ("basic", 4), ("strong", 2), ("strong", 3)])
