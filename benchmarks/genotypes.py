@@ -120,7 +120,7 @@ def stage_plink2(prefix: str, n_components: int, min_maf: float, **_) -> dict:
     exe = shutil.which("plink2")
     if exe is None:
         return {"available": False, "why": "plink2 not installed (Debian: apt-get install plink2)"}
-    from qlit.data.plink import PlinkFileset
+    from qlit.data.plink_files import PlinkFileset
 
     with tempfile.TemporaryDirectory() as tmp:
         command = [exe, "--bfile", prefix, "--maf", str(min_maf), "--pca", "approx", str(n_components),

@@ -30,7 +30,8 @@ from qlit.cli import main
 from qlit.data import IrisDataModule
 from qlit.errors import QlitError
 from qlit.export import classifier_from_checkpoint
-from qlit.io.checkpoints import expected_weight_shapes, load_checkpoint
+from qlit.io.checkpoint_content import expected_weight_shapes
+from qlit.io.checkpoints import load_checkpoint
 from qlit.models import HybridClassifier
 from tests.conftest import CONFIGS, QUICK, REPO
 

@@ -22,7 +22,7 @@ from qlit.cli import QlitCLI
 from tests.conftest import CONFIGS, QUICK
 
 GENOMIC = str(CONFIGS / "genomic.yaml")
-EPOCHS = 3
+EPOCHS = 2
 VAL_ROWS = 160  # genomic: 1000 individuals, test fold 200, validation 20% of the other 800
 
 
@@ -35,51 +35,6 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-
-
-def test_two_process_ddp_matches_one_process(in_tmp_path: Path, monkeypatch):
-    ddp_dir = in_tmp_path / "ddp"
-    ddp_dir.mkdir()
-    ddp_args = [
-        "fit", "--config", GENOMIC,
-        "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
-        f"--trainer.max_epochs={EPOCHS}", "--data.init_args.batch_size=16", *QUICK,
-    ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k not in ("QLIT_DEBUG", "PL_GLOBAL_SEED")}
-    # QLIT_DEBUG keeps Lightning's start-up lines, which say how many processes it started
-    proc = qlit_subprocess(ddp_args, ddp_dir, {**env, "QLIT_DEBUG": "1"})
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "Starting with 2 processes" in proc.stdout + proc.stderr
-
-    # one process wrote: one run folder, one event file, one config, no duplicates or leftovers
-    experiment = ddp_dir / "lightning_logs" / "genomic"
-    assert [p.name for p in experiment.iterdir()] == ["version_0"]
-    run = experiment / "version_0"
-    assert len(list(run.glob("events.out.tfevents.*"))) == 1
-    assert sorted(p.name for p in run.glob("config*.yaml")) == ["config.yaml"]
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
-    assert not [p for p in run.iterdir() if "_1." in p.name], "a second process wrote a file again"
-    ddp = scalars(run)
-    assert len(ddp["val_acc"]) == EPOCHS and len(ddp["train_loss"]) == EPOCHS
-
-    # the same training in one process
-    single_dir = in_tmp_path / "single"
-    single_dir.mkdir()
-    monkeypatch.chdir(single_dir)
-    single = QlitCLI(args=["fit", "--config", GENOMIC, f"--trainer.max_epochs={EPOCHS}", *QUICK])
-    metrics = {k: float(v) for k, v in single.trainer.callback_metrics.items()}
-    assert single.trainer.global_step == EPOCHS * 20  # 640 training rows / 32
-    assert ddp["val_loss"][-1] == pytest.approx(metrics["val_loss"], abs=1e-3)
-    assert ddp["train_loss"][-1] == pytest.approx(metrics["train_loss"], abs=1e-3)
-    assert abs(ddp["val_acc"][-1] - metrics["val_acc"]) <= 1.5 / VAL_ROWS
-    assert ddp["val_acc"][-1] > 0.5, "five populations: chance is 0.2"
-
-    # reduced metrics: the DDP run's last logged val_acc is the accuracy over the whole validation set
-    last = run / "checkpoints" / "last.ckpt"
-    check = QlitCLI(args=["validate", "--config", GENOMIC, f"--ckpt_path={last}", *QUICK])
-    assert ddp["val_acc"][-1] == pytest.approx(float(check.trainer.callback_metrics["val_acc"]), abs=1e-6)
-    assert ddp["val_loss"][-1] == pytest.approx(float(check.trainer.callback_metrics["val_loss"]), abs=1e-5)
-    # predict under DDP (unequal shards, one file in input order) is tested in tests/test_predict.py
 
 
 PEER_DIES = '''
@@ -117,35 +72,68 @@ def test_a_dead_ddp_peer_stops_the_job_in_one_line(in_tmp_path: Path):
 BUSY_LOOP = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
 
 
-def test_ddp_with_a_progress_bar_finishes_under_cpu_load(in_tmp_path: Path):
+def test_ddp_under_cpu_load_finishes_and_matches_one_process(in_tmp_path: Path, monkeypatch):
     """Three busy loops beside a 2-process fit on 2 cores: every rank must enter the same collectives.
 
     The progress bar lives on rank 0 only. When the epoch metrics were logged with ``sync_dist``, its
     ``on_train_epoch_end`` made rank 0 all-reduce them while rank 1 was already in torchmetrics' all-gather
     of the next metric; under load the two met in different collectives and the job hung until the DDP
-    timeout. The bar is forced on here (qlit turns it off when stdout is not a terminal).
+    timeout. The bar is forced on here (qlit turns it off when stdout is not a terminal). The finished run
+    must then log what one process training on the same batches logs (see the module docstring).
     """
+    ddp_dir = in_tmp_path / "ddp"
+    ddp_dir.mkdir()
     busy = [
         subprocess.Popen([sys.executable, "-c", BUSY_LOOP.format(seconds=300)], stdout=subprocess.DEVNULL)
         for _ in range(3)
     ]
     try:
         env = {k: v for k, v in os.environ.items() if k not in ("QLIT_DEBUG", "PL_GLOBAL_SEED")}
-        env["QLIT_DDP_TIMEOUT"] = "120"  # a hang fails in two minutes, not in five
+        # a hang fails in two minutes, not in five; QLIT_DEBUG keeps Lightning's line on how many processes it started
+        env.update(QLIT_DDP_TIMEOUT="120", QLIT_DEBUG="1")
         args = [
-            "fit", "--config", GENOMIC, "--trainer.max_epochs=2",
+            "fit", "--config", GENOMIC, f"--trainer.max_epochs={EPOCHS}", "--data.init_args.batch_size=16",
             "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
             "--trainer.enable_progress_bar=true", "--trainer.enable_model_summary=false",
         ]  # fmt: skip
-        proc = qlit_subprocess(args, in_tmp_path, env)
+        proc = qlit_subprocess(args, ddp_dir, env)
     finally:
         for loop in busy:
             loop.kill()
             loop.wait()
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = in_tmp_path / "lightning_logs" / "genomic" / "version_0"
-    assert len(scalars(run)["val_loss"]) == 2
+    assert "Starting with 2 processes" in proc.stdout + proc.stderr
+
+    # one process wrote: one run folder, one event file, one config, no duplicates or leftovers
+    experiment = ddp_dir / "lightning_logs" / "genomic"
+    assert [p.name for p in experiment.iterdir()] == ["version_0"]
+    run = experiment / "version_0"
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1
+    assert sorted(p.name for p in run.glob("config*.yaml")) == ["config.yaml"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert not [p for p in run.iterdir() if "_1." in p.name], "a second process wrote a file again"
     # the INT8 export runs on rank 0 alone, once, from the best checkpoint
     assert proc.stdout.count("int8_val_acc") == 1
     assert sorted(p.name for p in run.glob("model*")) == ["model.pth", "model_int8.pt"]
     assert torch.load(run / "model_int8.pt", weights_only=True)["metrics"]["source"].endswith("best.ckpt")
+    ddp = scalars(run)
+    assert len(ddp["val_acc"]) == EPOCHS and len(ddp["train_loss"]) == EPOCHS
+
+    # the same training in one process
+    single_dir = in_tmp_path / "single"
+    single_dir.mkdir()
+    monkeypatch.chdir(single_dir)
+    single = QlitCLI(args=["fit", "--config", GENOMIC, f"--trainer.max_epochs={EPOCHS}", *QUICK])
+    metrics = {k: float(v) for k, v in single.trainer.callback_metrics.items()}
+    assert single.trainer.global_step == EPOCHS * 20  # 640 training rows / 32
+    assert ddp["val_loss"][-1] == pytest.approx(metrics["val_loss"], abs=1e-3)
+    assert ddp["train_loss"][-1] == pytest.approx(metrics["train_loss"], abs=1e-3)
+    assert abs(ddp["val_acc"][-1] - metrics["val_acc"]) <= 1.5 / VAL_ROWS
+    assert ddp["val_acc"][-1] > 0.5, "five populations: chance is 0.2"
+
+    # reduced metrics: the DDP run's last logged val_acc is the accuracy over the whole validation set
+    last = run / "checkpoints" / "last.ckpt"
+    check = QlitCLI(args=["validate", "--config", GENOMIC, f"--ckpt_path={last}", *QUICK])
+    assert ddp["val_acc"][-1] == pytest.approx(float(check.trainer.callback_metrics["val_acc"]), abs=1e-6)
+    assert ddp["val_loss"][-1] == pytest.approx(float(check.trainer.callback_metrics["val_loss"]), abs=1e-5)
+    # predict under DDP (unequal shards, one file in input order) is tested in tests/test_predict.py

@@ -87,7 +87,7 @@ def test_parallel_cv_gives_the_serial_numbers_and_layout(tmp_path: Path):
 
 JOB_FAILING_ON_RAY = """
 from qlit.errors import QlitError
-from qlit.evaluation.runner import run_jobs
+from qlit.engine.runner import run_jobs
 from qlit.io.config_files import load_yaml_strict
 
 try:

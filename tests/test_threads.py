@@ -6,14 +6,11 @@ import os
 
 import pytest
 import torch
-from jsonargparse import Namespace
 
-from qlit.cli import _choose_threads
+from qlit.engine import runner
 from qlit.errors import QlitError
-from qlit.evaluation import runner
-from qlit.runtime import choose_threads
+from qlit.runtime import apply_threads, choose_threads
 
-WIDE = Namespace(model=Namespace(n_qubits=10, n_layers=2), data=None)  # above the old 8-qubit cut
 TORCH_DEFAULT = 3  # what torch would pick on some machine: neither path may keep it
 
 
@@ -26,7 +23,7 @@ def threads():
 
 def _serial() -> int:
     torch.set_num_threads(TORCH_DEFAULT)
-    _choose_threads(WIDE)
+    apply_threads()  # what every qlit command does once its config is parsed, whatever the circuit's width
     return torch.get_num_threads()
 
 

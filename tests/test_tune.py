@@ -146,13 +146,13 @@ def test_a_bad_ray_address_variable_is_named_as_such(tmp_path: Path, capfd, monk
 
 def test_a_start_failing_after_the_claim_leaves_no_sweep_to_resume(tmp_path: Path, capfd, monkeypatch):
     from qlit.errors import QlitError
-    from qlit.evaluation import tune
+    from qlit.evaluation import tune, tune_trials
 
     def fail(*args, **kwargs):
         raise QlitError("Ray Tune could not start")
 
     monkeypatch.setattr(tune.runner, "connect", lambda *args: (None, False))  # no Ray in the pytest process
-    monkeypatch.setattr(tune, "_tuner", fail)
+    monkeypatch.setattr(tune_trials, "tuner", fail)
     path = write_space(tmp_path / "space.yaml", SPACE)
     one_line_error(["tune", "--config", IRIS, "--space", path], capfd, ("could not start",))
     assert not list(tmp_path.glob("lightning_logs/iris/tune_*"))
@@ -167,9 +167,9 @@ def test_optuna_search_through_ray_tune(tmp_path: Path):
     pytest.importorskip("optuna")
     space = write_space(tmp_path / "space.yaml", {"model.lr": {"loguniform": [0.01, 0.3]}})
     qlit(["tune", "--config", IRIS, "--trainer.max_epochs=1", "--data.init_args.num_folds=2", "--space", space,
-          "--num_samples=3", "--inner_folds=2", "--nested=false", "--search=optuna", "--asha=false"], tmp_path)
+          "--num_samples=2", "--inner_folds=2", "--nested=false", "--search=optuna", "--asha=false"], tmp_path)
     summary = json.loads((tmp_path / "lightning_logs/iris/tune_0/tune_summary.json").read_text())
     trials = summary["outer_folds"][0]["trials"]
-    assert summary["search"] == "optuna" and not summary["nested"] and len(trials) == 3
+    assert summary["search"] == "optuna" and not summary["nested"] and len(trials) == 2
     assert all(0.01 <= t["config"]["model.lr"] <= 0.3 and t["status"] == "complete" for t in trials)
-    assert len({t["config"]["model.lr"] for t in trials}) == 3
+    assert len({t["config"]["model.lr"] for t in trials}) == 2

@@ -20,9 +20,9 @@ from qlit.cli import main
 from qlit.data import IrisDataModule
 from qlit.errors import QlitError
 from qlit.evaluation.baselines import C_GRID, logistic_regression_inner_c
+from qlit.evaluation.report import tune_table
 from qlit.evaluation.space import read_space
 from qlit.evaluation.stats import interval, paired, with_stats
-from qlit.evaluation.tune import tune_table
 from qlit.io.preflight import check_split
 from tests.conftest import CONFIGS, QUICK, one_line_error
 

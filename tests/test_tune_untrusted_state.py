@@ -16,7 +16,7 @@ import yaml
 
 from qlit.errors import QlitError
 from qlit.evaluation import tune
-from qlit.evaluation.tune import MANIFEST, record_state, verify_state
+from qlit.evaluation.tune_state import MANIFEST, files, record_state, verify_state
 from tests.conftest import CONFIGS, one_line_error
 from tests.test_untrusted_checkpoints import Payload
 
@@ -61,7 +61,7 @@ def test_a_rewritten_manifest_does_not_verify(tmp_path: Path):
     record_state(folder, "outer_0")
     (folder / "ray" / "outer_0" / "tuner.pkl").write_bytes(pickle.dumps(Payload(tmp_path / "marker")))
     manifest = json.loads((folder / MANIFEST).read_text())
-    manifest["searches"]["outer_0"] = tune._files(folder / "ray" / "outer_0")  # hashes of the planted file
+    manifest["searches"]["outer_0"] = files(folder / "ray" / "outer_0")  # hashes of the planted file
     (folder / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(QlitError, match="never recorded"):
         verify_state(folder, "outer_0")

@@ -8,8 +8,8 @@ from typing import Any
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
-from torchmetrics.classification import MulticlassAccuracy
 
+from qlit.engine.predictions import predict
 from qlit.export import (
     classifier_from_checkpoint,
     classifier_from_int8,
@@ -18,20 +18,6 @@ from qlit.export import (
 from qlit.export.quantize import METHOD, float_linear_bytes, int8_linear_bytes
 from qlit.io.checkpoints import atomic_save, load_checkpoint
 from qlit.io.runs import unused_path
-from qlit.models.classifier import HybridClassifier
-
-
-def accuracy(model: HybridClassifier, loader: DataLoader) -> float:
-    """Accuracy of ``model`` over a loader's batches (torchmetrics' definition, as in training).
-
-    Computed in this process only: the export runs on global rank 0 alone, so nothing may wait
-    for the other DDP processes here.
-    """
-    metric = MulticlassAccuracy(num_classes=model.hparams.num_classes, average="micro", sync_on_compute=False)
-    with torch.inference_mode():
-        for batch in loader:
-            metric.update(model.predict_proba(batch[0].float()), batch[1])
-    return float(metric.compute()) if metric.update_count else float("nan")
 
 
 class Int8Quantization(L.Callback):
@@ -77,8 +63,8 @@ class Int8Quantization(L.Callback):
         metrics: dict[str, float] = {}
         loader = self._loader(trainer, "val")
         if loader is not None:
-            metrics["float_val_acc"] = accuracy(float_model, loader)
-            metrics["int8_val_acc"] = accuracy(int8_model, loader)
+            metrics["float_val_acc"] = predict(float_model, loader).accuracy()
+            metrics["int8_val_acc"] = predict(int8_model, loader).accuracy()
         metrics["float_linear_bytes"] = float(float_linear_bytes(float_model.net))
         metrics["int8_linear_bytes"] = float(int8_linear_bytes(int8_model.net))
         self.metrics = metrics
@@ -152,7 +138,7 @@ class Int8Quantization(L.Callback):
         artifact = int8_artifact(load_checkpoint(trainer.ckpt_path))
         # under the shots and noise test_acc was measured with
         int8_model = classifier_from_int8(artifact, conditions=getattr(pl_module, "run_conditions", None))
-        int8_acc = accuracy(int8_model, loader)
+        int8_acc = predict(int8_model, loader).accuracy()
         for logger in trainer.loggers:
             logger.log_metrics({"int8_test_acc": int8_acc}, step=trainer.global_step)
         tested = trainer.callback_metrics.get("test_acc")

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from qlit.data.preprocessing import Preprocessor
+from qlit.data.preprocessing import Preprocessor, check_components
 from qlit.data.sampling import EpochShuffleSampler, ResumableDataLoader, TensorLoader
+from qlit.data.splits import stratified_inner_split, stratified_split
 from qlit.data.tables import read_table
 from qlit.errors import QlitError
 
@@ -186,14 +187,8 @@ class KFoldDataModule(L.LightningDataModule):
             indices = self.split(y)  # assigned only once all is well: a failed setup leaves nothing half-done
             if self.inner_folds is not None:
                 indices = self.inner_split(y, indices)
-            n_components, n_train = self.preprocessor.n_components, len(indices["train"])
-            if n_components is not None and n_components >= n_train:
-                raise QlitError(
-                    f"n_components={n_components} is not below the {n_train} training rows of fold {self.fold} "
-                    f"(PCA of n rows has at most n - 1 informative components); use n_components <= {n_train - 1} "
-                    "or more data"
-                )
-            self.preprocessor.fit(x[indices["train"]])
+            check_components(self.preprocessor.n_components, len(indices["train"]), self.fold)
+            self.preprocessor.fit_once(x[indices["train"]])  # the twin of this fold reuses it
             self.x, self.y, self.indices = x, y, indices
             self._split_identity = None
 
@@ -208,81 +203,16 @@ class KFoldDataModule(L.LightningDataModule):
             self.setup("fit")
 
     def split(self, y: np.ndarray) -> dict[str, np.ndarray]:
-        """Row indices of the ``train``, ``val`` and ``test`` sets of this fold."""
-        from sklearn.model_selection import StratifiedKFold, train_test_split
-
-        counts = np.bincount(y, minlength=self.num_classes)
-        smallest, name = int(counts.min()), self.class_names[int(counts.argmin())]
-        source = self.source_name()
-        if smallest == 0:  # e.g. a genotype file holding a single population
-            raise QlitError(
-                f"{source} has no samples of class {name!r}; every class needs samples to train a classifier"
-            )
-        if smallest < 2:
-            raise QlitError(
-                f"{source} has only {smallest} sample of class {name!r}, too few to split: even 2 folds need "
-                "at least 2 samples of every class"
-            )
-        if smallest < self.num_folds:
-            raise QlitError(
-                f"num_folds={self.num_folds} is more than the {smallest} samples of class {name!r} in {source}; "
-                f"use num_folds <= {smallest}"
-            )
-        folds = StratifiedKFold(self.num_folds, shuffle=True, random_state=self.split_seed)
-        rest, test = list(folds.split(np.zeros(len(y)), y))[self.fold]
-        self._check_validation_split(y[rest], source)
-        train, val = train_test_split(
-            rest, test_size=self.val_fraction, stratify=y[rest], random_state=self.split_seed
+        """Row indices of the ``train``, ``val`` and ``test`` sets of this fold (`qlit.data.splits`)."""
+        return stratified_split(
+            y, self.class_names, self.num_folds, self.fold, self.val_fraction, self.split_seed, self.source_name()
         )
-        missing = [self.class_names[k] for k in range(self.num_classes) if not np.any(y[train] == k)]
-        if missing:
-            raise QlitError(
-                f"val_fraction={self.val_fraction} leaves no training rows of class {missing[0]!r} in fold "
-                f"{self.fold}; use a smaller val_fraction or more data"
-            )
-        return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
     def inner_split(self, y: np.ndarray, outer: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Nested cross-validation (``qlit tune``): inner fold ``inner_fold`` of the outer fold's non-test rows.
-
-        The outer fold's training and validation rows are split into ``inner_folds`` stratified folds;
-        one validates, the others train. The outer test rows are in no split at all: a trial can neither
-        train on them, fit preprocessing on them, nor be scored on them.
-        """
-        from sklearn.model_selection import StratifiedKFold
-
-        rest = np.sort(np.concatenate([outer["train"], outer["val"]]))
-        counts = np.bincount(y[rest], minlength=self.num_classes)
-        if counts.min() < self.inner_folds:
-            name = self.class_names[int(counts.argmin())]
-            raise QlitError(
-                f"inner_folds={self.inner_folds} is more than the {int(counts.min())} samples of class {name!r} "
-                f"outside test fold {self.fold}; use inner_folds <= {int(counts.min())}"
-            )
-        folds = StratifiedKFold(self.inner_folds, shuffle=True, random_state=self.split_seed)
-        train, val = list(folds.split(np.zeros(len(rest)), y[rest]))[self.inner_fold]
-        return {"train": rest[train], "val": rest[val], "test": np.empty(0, dtype=np.int64)}
-
-    def _check_validation_split(self, y_rest: np.ndarray, source: str) -> None:
-        """Refuse a split whose stratified training or validation rows would miss a class or be empty."""
-        n_rest, k = len(y_rest), self.num_classes
-        rest_counts = np.bincount(y_rest, minlength=k)
-        if rest_counts.min() < 2:
-            name = self.class_names[int(rest_counts.argmin())]
-            fewer = "fewer folds or " if self.num_folds > 2 else ""
-            raise QlitError(
-                f"with num_folds={self.num_folds}, {source} leaves only {int(rest_counts.min())} sample of class "
-                f"{name!r} outside test fold {self.fold}, too few for both training and validation; use {fewer}"
-                "more samples of every class"
-            )
-        n_val = math.ceil(self.val_fraction * n_rest)  # scikit-learn's rounding of the validation size
-        if n_val < k or n_rest - n_val < k:
-            part, count = ("validation", n_val) if n_val < k else ("training", n_rest - n_val)
-            raise QlitError(
-                f"val_fraction={self.val_fraction} leaves {count} {part} row{'s' * (count != 1)} of the {n_rest} "
-                f"outside the test fold; a stratified split needs at least {k} (one per class): use val_fraction "
-                f"between {k / n_rest:.3g} and {(n_rest - k) / n_rest:.3g}"
-            )
+        """Nested cross-validation (``qlit tune``): inner fold ``inner_fold`` of the outer fold's non-test rows."""
+        return stratified_inner_split(
+            y, outer, self.class_names, self.inner_folds, self.inner_fold, self.split_seed, self.fold
+        )
 
     def _dataset(self, split: str) -> TensorDataset:
         rows = self.indices[split]
@@ -307,10 +237,14 @@ class KFoldDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> TensorLoader:
         if self._predict_x is None:
-            self.predict_ids = [str(i) for i in self.indices["test"]]
-            return self._loader(TensorDataset(self._dataset("test").tensors[0]))
+            return self._test_fold_loader(self.indices["test"])
         self.ensure_fitted()
         return self._loader(TensorDataset(self.preprocessor.transform(self._predict_x)))
+
+    def _test_fold_loader(self, ids: Any) -> TensorLoader:
+        """``qlit predict`` without a predict file: the fold's test rows, named by ``ids`` in the predictions."""
+        self.predict_ids = [str(i) for i in ids]
+        return self._loader(TensorDataset(self._dataset("test").tensors[0]))
 
     def features(self, split: str) -> np.ndarray:
         """The preprocessed features of one split's rows (``train``, ``val`` or ``test``), as float32.

@@ -28,12 +28,13 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from torch.utils.data import TensorDataset
 
 from qlit.data.base import KFoldDataModule
 from qlit.data.preprocessing import Preprocessor
+from qlit.data.price_features import bar_features, feature_names
 from qlit.data.sampling import TensorLoader
+from qlit.data.splits import walk_forward_folds
 from qlit.data.tables import Table, read_table
 from qlit.errors import QlitError
 
@@ -46,124 +47,6 @@ def _int_option(name: str, value: Any, minimum: int, allow_none: bool = False) -
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise QlitError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def feature_names(lags: int, rolling_window: int, present: set[str]) -> list[str]:
-    """Names of the features computed from bars with the optional columns ``present``."""
-    w = rolling_window
-    names = [f"ret_{j}" for j in range(1, lags + 1)] + [f"vol_{w}", f"mom_{w}", f"ma_gap_{w}"]
-    if {"high", "low"} <= present:
-        names.append("range")
-    if "open" in present:
-        names.append("overnight")
-    if "volume" in present:
-        names += ["volume_change", f"volume_ratio_{w}"]
-    return names
-
-
-def _trailing(values: np.ndarray, w: int, reduce) -> np.ndarray:
-    """``reduce`` over each window of the last ``w`` values ending at t (NaN before a full window)."""
-    out = np.full(len(values), np.nan)
-    if len(values) >= w:
-        out[w - 1:] = reduce(sliding_window_view(values, w), axis=-1)
-    return out
-
-
-def _lagged(values: np.ndarray, k: int) -> np.ndarray:
-    out = np.full(len(values), np.nan)
-    if k < len(values):
-        out[k:] = values[: len(values) - k]
-    return out
-
-
-def bar_features(bars: dict[str, np.ndarray], lags: int, rolling_window: int) -> np.ndarray:
-    """Features of one symbol's bars (arrays in date order), one row per day, NaN where history is short.
-
-    Each row t is computed from bars 0..t only: every window ends at t.
-    """
-    w = rolling_window
-    log_close = np.log(bars["close"])
-    ret = np.concatenate([[np.nan], np.diff(log_close)])
-    columns = [_lagged(ret, j) for j in range(lags)]
-    columns.append(_trailing(ret, w, lambda a, axis: a.std(axis=axis, ddof=1)))
-    columns.append(log_close - _lagged(log_close, w))
-    columns.append(log_close - np.log(_trailing(bars["close"], w, np.mean)))
-    if "high" in bars and "low" in bars:
-        columns.append(np.log(bars["high"]) - np.log(bars["low"]))
-    if "open" in bars:
-        columns.append(np.log(bars["open"]) - _lagged(log_close, 1))
-    if "volume" in bars:
-        log_volume = np.log1p(bars["volume"])
-        columns.append(log_volume - _lagged(log_volume, 1))
-        columns.append(log_volume - _trailing(log_volume, w, np.mean))
-    return np.column_stack(columns)
-
-
-def walk_forward_folds(
-    sample_dates: np.ndarray,
-    label_end: np.ndarray,
-    y: np.ndarray,
-    num_folds: int,
-    val_fraction: float,
-    gap: int,
-    test_size: int | None = None,
-    window: int | None = None,
-    source: str = "the data",
-) -> list[dict[str, np.ndarray]]:
-    """Train, validation and test rows of every walk-forward fold.
-
-    Args:
-        sample_dates: Date of each sample (datetime64), any order.
-        label_end: Date of the close each sample's label is measured at.
-        y: Labels, to check each training span holds both classes.
-        num_folds: Number of consecutive test spans.
-        val_fraction: Share of a training span's dates that validates.
-        gap: Dates left out between the training rows, the validation rows and the test span.
-        test_size: Dates per test span; default ``n_dates // (num_folds + 1)``.
-        window: Most dates a training span (validation included) may cover; default all before.
-        source: The data, for messages.
-
-    Returns:
-        One dict per fold with sorted ``train``, ``val`` and ``test`` row indices.
-
-    Raises:
-        QlitError: a span would be empty, or a training span holds a single class.
-    """
-    dates = np.unique(sample_dates)
-    n = len(dates)
-    position = np.searchsorted(dates, sample_dates)
-    size = test_size if test_size is not None else n // (num_folds + 1)
-    if size < 1 or num_folds * size >= n:
-        raise QlitError(
-            f"{source}: {n} dates are too few for num_folds={num_folds}"
-            + (f" test spans of test_size={test_size} dates" if test_size is not None else "")
-            + " and a training span before them; use fewer folds or more data"
-        )
-    folds = []
-    for k in range(num_folds):
-        test_start = n - (num_folds - k) * size
-        span_end = test_start - gap
-        span_start = max(0, span_end - window) if window is not None else 0
-        n_val = max(1, int(round(val_fraction * (span_end - span_start))))
-        val_start = span_end - n_val
-        train_end = val_start - gap
-        if train_end - span_start < 2:
-            raise QlitError(
-                f"{source}: fold {k} has no training span: {n} dates, test spans of {size}, gap={gap} "
-                f"before validation ({n_val} dates) and test{f', window={window}' if window else ''}; "
-                "use a smaller horizon or gap, fewer folds or more data"
-            )
-        in_train = (position >= span_start) & (position < train_end) & (label_end < dates[val_start])
-        in_val = (position >= val_start) & (position < span_end) & (label_end < dates[test_start])
-        in_test = (position >= test_start) & (position < test_start + size)
-        fold = {name: np.flatnonzero(mask) for name, mask in (("train", in_train), ("val", in_val), ("test", in_test))}
-        for name, rows in fold.items():
-            if len(rows) == 0:
-                raise QlitError(f"{source}: fold {k} has an empty {name} span (horizon or gap too large for the data)")
-        if len(np.unique(y[fold["train"]])) < 2:
-            raise QlitError(f"{source}: fold {k}'s training span holds a single class; use fewer folds or more data")
-        folds.append(fold)
-    return folds
 
 
 class EquityDataModule(KFoldDataModule):
@@ -466,7 +349,6 @@ class EquityDataModule(KFoldDataModule):
 
     def predict_dataloader(self) -> TensorLoader:
         if self._new is None:
-            self.predict_ids = self.sample_ids[self.indices["test"]].tolist()
-            return self._loader(TensorDataset(self._dataset("test").tensors[0]))
+            return self._test_fold_loader(self.sample_ids[self.indices["test"]].tolist())
         self.predict_ids = list(self._new[0])
         return self._loader(TensorDataset(self.preprocessor.transform(self._new[1])))

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from qlit.data.base import KFoldDataModule
+from qlit.data.shared import remembered
 from qlit.errors import QlitError
 
 SPECIES: tuple[str, ...] = ("setosa", "versicolor", "virginica")
@@ -38,7 +39,7 @@ class IrisDataModule(KFoldDataModule):
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         from sklearn.datasets import load_iris
 
-        iris = load_iris()
+        iris = remembered(("sklearn", "iris"), load_iris)
         species = [SPECIES.index(name) for name in self.class_names]
         keep = np.isin(iris.target, species)
         relabel = {s: i for i, s in enumerate(species)}

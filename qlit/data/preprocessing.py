@@ -8,7 +8,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from qlit.data.shared import array_key, remembered
 from qlit.errors import QlitError
+
+
+def check_components(n_components: int | None, n_train: int, fold: int) -> None:
+    """Refuse a PCA of more components than a fold's ``n_train`` training rows can give."""
+    if n_components is not None and n_components >= n_train:
+        raise QlitError(
+            f"n_components={n_components} is not below the {n_train} training rows of fold {fold} "
+            f"(PCA of n rows has at most n - 1 informative components); use n_components <= {n_train - 1} "
+            "or more data"
+        )
 
 
 class Preprocessor:
@@ -73,6 +84,17 @@ class Preprocessor:
         state["scale_mean"] = torch.from_numpy(scaler.mean_)
         state["scale_std"] = torch.from_numpy(scaler.scale_)
         self.state, self.impute_mean = state, means
+        return self
+
+    def fit_once(self, x: np.ndarray) -> Preprocessor:
+        """`fit`, or the state an equal fit (same settings, same rows) left earlier in the command (`shared_data`)."""
+
+        def fitted() -> tuple[dict[str, torch.Tensor], np.ndarray | None]:
+            self.fit(x)
+            return self.state, self.impute_mean
+
+        settings = (type(self).__qualname__, self.n_components, self.impute, tuple(self.columns or ()))
+        self.state, self.impute_mean = remembered(("fit", settings, array_key(np.asarray(x))), fitted)
         return self
 
     def transform(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:

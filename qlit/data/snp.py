@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Literal
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from qlit.data.base import KFoldDataModule, check_seed, id_column
 from qlit.data.preprocessing import Preprocessor
+from qlit.data.shared import remembered
 from qlit.data.simulate import POPULATIONS, simulate_null, simulate_populations
 from qlit.data.tables import read_table
 from qlit.errors import QlitError
@@ -147,7 +149,12 @@ class SNPDataModule(KFoldDataModule):
                 f"fewer than num_folds={self.num_folds}; with {k} populations use n_individuals >= {self.num_folds * k}"
             )
         if self.structure == "none":
-            genotypes, labels = simulate_null(self.n_individuals, self.n_snps, self.num_classes, self.data_seed)
+            simulate = functools.partial(simulate_null, self.n_individuals, self.n_snps, self.num_classes, self.data_seed)
         else:
-            genotypes, labels = simulate_populations(self.n_individuals, self.n_snps, self.populations, self.data_seed)
+            simulate = functools.partial(
+                simulate_populations, self.n_individuals, self.n_snps, self.populations, self.data_seed
+            )
+        key = ("simulated genotypes", self.structure, self.n_individuals, self.n_snps, tuple(self.populations),
+               self.data_seed)  # fmt: skip
+        genotypes, labels = remembered(key, simulate)  # the same cohort for every fold of one command
         return genotypes.astype(np.float64), labels

@@ -12,9 +12,11 @@ from __future__ import annotations
 import codecs
 import csv
 import difflib
+import functools
 import gzip
 import importlib.util
 import io
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from qlit.data.shared import remembered
 from qlit.errors import QlitError
 from qlit.io.files import check_regular_file
 
@@ -190,6 +193,22 @@ def read_table(path: str | Path, what: str = "data file", *, text_cells: bool = 
         QlitError: the file is missing, of an unknown kind, unreadable, empty, or its header is bad; a
             Parquet, gzip or Excel file under a text name is named for what it is.
     """
+    name = str(path)
+    source = name if name in BUILTIN and not text_cells else str(Path(path).resolve())
+    read = functools.partial(_read_table, path, what, text_cells)
+    return remembered(("table", source, text_cells, _stamp(path)), read)  # one read per file and command
+
+
+def _stamp(path: str | Path) -> tuple[int, int] | None:
+    """Size and modification time of a file (``None`` for a built-in table or a missing file)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _read_table(path: str | Path, what: str, text_cells: bool) -> Table:
     if text_cells:
         return _read_text_cells(Path(path), what)
     name = str(path)

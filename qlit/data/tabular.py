@@ -275,9 +275,7 @@ class TabularDataModule(KFoldDataModule):
 
     def predict_dataloader(self) -> TensorLoader:
         if self._new_table is None:
-            rows = self.indices["test"]
-            self.predict_ids = [str(i) for i in self.row_ids[rows]]
-            return self._loader(TensorDataset(self._dataset("test").tensors[0]))
+            return self._test_fold_loader(self.row_ids[self.indices["test"]])
         self.ensure_fitted()
         x = self._predict_features()
         self.predict_ids = list(self._new_ids)

@@ -15,13 +15,12 @@ and no INT8 export. Each fold's ``config.yaml`` reproduces it: it is the config 
 touches the cv run's own files and ``qlit test --config <same> --ckpt_path best`` finds the
 re-run's checkpoint.
 
-The folds are `FoldJob`s handed to `qlit.evaluation.runner.run_jobs`: serial by default, Ray tasks with
+The folds are `FoldJob`s handed to `qlit.engine.runner.run_jobs`: serial by default, Ray tasks with
 ``--workers N`` or ``--address``. The numbers are the same either way.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,40 +28,16 @@ import numpy as np
 import yaml
 from jsonargparse import Namespace
 
+from qlit.commands import CVOptions
+from qlit.engine.runner import connect, needs_ray, run_jobs, shutdown
 from qlit.errors import QlitError
 from qlit.evaluation.baselines import BASELINES, LOGISTIC_MODEL, MAJORITY_MODEL, TWIN_MODEL
 from qlit.evaluation.folds import FoldJob, check_fold_config, run_fold, tensorboard_args
 from qlit.evaluation.report import write_cv_report
-from qlit.evaluation.runner import connect, needs_ray, ray_module, run_jobs, shutdown
 from qlit.evaluation.stats import CI_NOTE, METRIC, STD_NOTE, paired, with_stats
 from qlit.io.runs import claim_file
 
 FOLD_KEYS = ("seed_everything", "trainer", "model", "data")
-
-
-@dataclass
-class CVOptions:
-    """Where ``qlit cv`` trains its folds.
-
-    Attributes:
-        workers: Folds trained at once, each a Ray task with one CPU; 1 trains them here, one after another.
-        address: A Ray cluster to run the folds on (``auto``, or the head's ``host:port``); ``RAY_ADDRESS``
-            is used when unset. Without either, ``workers > 1`` starts Ray on this machine.
-        gpus_per_fold: The GPU share each fold asks Ray for (0.5 puts two folds on one GPU).
-    """
-
-    workers: int = 1
-    address: str | None = None
-    gpus_per_fold: float = 0.0
-
-    def check(self) -> None:
-        """Refuse impossible settings, and Ray options when Ray is not installed, before anything is written."""
-        if self.workers < 1:
-            raise QlitError(f"--workers must be at least 1, got {self.workers}")
-        if not 0 <= self.gpus_per_fold:
-            raise QlitError(f"--gpus_per_fold must be 0 or more, got {self.gpus_per_fold}")
-        if self.workers > 1 or self.address or self.gpus_per_fold:
-            ray_module("--workers" if self.workers > 1 else "--address" if self.address else "--gpus_per_fold")
 
 
 def _taken(folder: Path) -> bool:
@@ -199,13 +174,10 @@ def summarize(name: str, cv_dir: Path, config: Namespace, per_fold: list[dict[st
     }
 
 
-def cross_validate(
-    cli_class: type, config: Namespace, full_config: str, options: CVOptions | None = None
-) -> dict[str, Any]:
+def cross_validate(config: Namespace, full_config: str, options: CVOptions | None = None) -> dict[str, Any]:
     """Run ``qlit cv``: every fold of the configured data module, the hybrid and its baselines.
 
     Args:
-        cli_class: The CLI class (``QlitCLI``) that builds one fold's model, data and trainer.
         config: The parsed ``qlit cv`` config (its ``cv`` namespace).
         full_config: The whole command's config as YAML (``parser.dump``), saved as ``cv_config.yaml``.
         options: Where the folds run (serial, local Ray, a cluster).
@@ -222,15 +194,13 @@ def cross_validate(
         option = "--address" if options.address else "--workers"
         ray, started = connect(options.workers, options.address, option)
     try:
-        return _cross_validate(cli_class, config, logger, full_config, options)
+        return _cross_validate(config, logger, full_config, options)
     finally:
         if started:
             shutdown(ray)
 
 
-def _cross_validate(
-    cli_class: type, config: Namespace, logger: Namespace, full_config: str, options: CVOptions
-) -> dict[str, Any]:
+def _cross_validate(config: Namespace, logger: Namespace, full_config: str, options: CVOptions) -> dict[str, Any]:
     num_folds = int(config.data.init_args.num_folds)
     name = claim_cv_folder(logger.save_dir, logger.name)
     cv_dir = Path(logger.save_dir) / name
@@ -243,10 +213,8 @@ def _cross_validate(
 
     jobs: list[tuple[str, FoldJob]] = []
     for k in range(num_folds):
-        jobs.append(("hybrid", FoldJob(config, k, name, "hybrid", baselines=True, cli_class=cli_class)))
-        jobs.append(
-            ("twin", FoldJob(twin_of(config), k, f"{name}/classical_twin", "classical twin", cli_class=cli_class))
-        )
+        jobs.append(("hybrid", FoldJob(config, k, name, "hybrid", baselines=True)))
+        jobs.append(("twin", FoldJob(twin_of(config), k, f"{name}/classical_twin", "classical twin")))
     per_fold: list[dict[str, dict[str, Any]]] = [{} for _ in range(num_folds)]
     finished = run_jobs(
         run_fold, [job for _, job in jobs], options.workers, options.address, options.gpus_per_fold, "--workers"

@@ -38,6 +38,7 @@ from typing import Any, Literal
 import torch
 from torch.func import functional_call, grad, vmap
 
+from qlit.commands import DiagnoseOptions
 from qlit.errors import QlitError
 from qlit.models.circuit import WEIGHT_INIT_STD, check_circuit
 from qlit.models.statevector import StatevectorCircuit
@@ -280,9 +281,7 @@ def default_depths(n_layers: int) -> list[int]:
     return sorted({1, n_layers, 4 * n_layers})
 
 
-def run_diagnose(
-    config: Any, hparams: Any, qubits: list[int] | None, layers: list[int] | None, samples: int
-) -> dict[str, Path]:
+def run_diagnose(config: Any, hparams: Any, options: DiagnoseOptions) -> dict[str, Path]:
     """``qlit diagnose``: sweep around the configured circuit and write the report into a new folder.
 
     The folder is ``<save_dir>/<experiment>/diagnose_<n>/`` of the config's TensorBoardLogger: the
@@ -297,8 +296,9 @@ def run_diagnose(
     from qlit.io.runs import claim_version, release_if_empty, tensorboard_loggers
     from qlit.models.circuit import check_circuit
 
-    widths = list(qubits) if qubits else default_widths(int(hparams["n_qubits"]))
-    depths = list(layers) if layers else default_depths(int(hparams["n_layers"]))
+    widths = list(options.qubits) if options.qubits else default_widths(int(hparams["n_qubits"]))
+    depths = list(options.layers) if options.layers else default_depths(int(hparams["n_layers"]))
+    samples = options.samples
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
         raise QlitError(f"--samples must be an integer >= 2 (a variance needs two), got {samples!r}")
     for width in widths:

@@ -6,13 +6,12 @@ LightningCLI caches the config it records as hyperparameters, so re-instantiatin
 with an edited fold could train fold 0 k times while the files claim otherwise.
 
 `run_fold` takes a `FoldJob` and returns plain, picklable results, so the same function runs in the
-driver (serial) or in a Ray worker (`qlit.evaluation.runner`).
+driver (serial) or in a Ray worker (`qlit.engine.runner`).
 """
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,10 @@ import torch
 from jsonargparse import Namespace
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
-from sklearn.metrics import confusion_matrix
 
 from qlit.callbacks.summary import RunSummary
+from qlit.engine.build import build_run
+from qlit.engine.predictions import Predictions
 from qlit.errors import QlitError
 from qlit.evaluation import baselines, plots
 from qlit.evaluation.stats import METRIC
@@ -85,14 +85,6 @@ def evaluation_only(config: Namespace) -> None:
     config.trainer.enable_model_summary = False
 
 
-def build_cli(cli_class: type, config: Namespace) -> Any:
-    """A CLI object (model, data module, trainer) from a parsed config, without running a subcommand."""
-    with warnings.catch_warnings():
-        # the args come from the parsed command line of the qlit command, not from a second one
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        return cli_class(args=config, run=False)
-
-
 @dataclass(frozen=True)
 class FoldJob:
     """One training: a parsed config, the fold it trains and tests on, and the experiment folder it logs to.
@@ -103,7 +95,6 @@ class FoldJob:
         name: The folder below the logger's ``save_dir``; the fold logs to ``<name>/fold_<k>``.
         label: What the report calls this model ("hybrid", "classical twin", ...).
         baselines: Also fit logistic regression and the majority class on the fold's rows.
-        cli_class: The CLI class to build the fold with; `qlit.cli.QlitCLI` when ``None``.
     """
 
     config: Namespace
@@ -111,13 +102,12 @@ class FoldJob:
     name: str
     label: str = "hybrid"
     baselines: bool = False
-    cli_class: type | None = field(default=None, compare=False)
 
 
 class _Fold:
     """One trained and tested network on one fold: its CLI, metrics and test-set predictions."""
 
-    def __init__(self, cli_class: type, config: Namespace, fold: int, name: str) -> None:
+    def __init__(self, config: Namespace, fold: int, name: str) -> None:
         config = config.clone()
         config.pop("config", None)
         config.data.init_args.fold = fold
@@ -127,7 +117,7 @@ class _Fold:
         reproduce_logger = tensorboard_args(reproduce)
         reproduce_logger.name, reproduce_logger.version = f"{name}/fold_{fold}", None
         evaluation_only(config)
-        self.cli = build_cli(cli_class, config)
+        self.cli = build_run(config)
         self.saver = next(cb for cb in self.cli.trainer.callbacks if isinstance(cb, SaveConfigCallback))
         self.saver.config = reproduce
         for callback in self.cli.trainer.callbacks:
@@ -152,15 +142,15 @@ class _Fold:
         self.tensorboard = next(lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger))
         self.log_dir = Path(self.tensorboard.log_dir)
         self.config_path = Path(trainer.log_dir) / self.saver.config_filename
-        self.predicted = model.predicted_classes(logits).numpy()
         self.data = data
-        self.true = data.labels("test")
-        if len(self.predicted) != len(self.true):
-            raise QlitError(f"the test pass scored {len(self.predicted)} of the fold's {len(self.true)} test rows")
-        self.confusion = confusion_matrix(self.true, self.predicted, labels=range(data.num_classes))
+        true = data.labels("test")
+        if len(logits) != len(true):
+            raise QlitError(f"the test pass scored {len(logits)} of the fold's {len(true)} test rows")
+        predictions = Predictions.from_logits(model, logits, true)
+        self.confusion = predictions.confusion_matrix()
         self.metrics = {key: float(value) for key, value in tested.items()}
         # the same predictions' accuracy as an exact ratio (the logged one is float32)
-        self.metrics[METRIC] = float(np.trace(self.confusion) / self.confusion.sum())
+        self.metrics[METRIC] = predictions.accuracy()
 
     def record(self) -> dict[str, Any]:
         return {
@@ -219,12 +209,7 @@ def run_fold(job: FoldJob) -> dict[str, Any]:
         ``checkpoint`` (which checkpoint was tested) and, with ``job.baselines``, the fold's
         ``logistic_regression`` and ``majority_class`` results.
     """
-    cli_class = job.cli_class
-    if cli_class is None:
-        from qlit.cli import QlitCLI  # the CLI imports this module
-
-        cli_class = QlitCLI
-    fold = _Fold(cli_class, job.config, job.fold, job.name)
+    fold = _Fold(job.config, job.fold, job.name)
     fold.run()
     monitor = fold.cli.trainer.checkpoint_callback.monitor
     result: dict[str, Any] = {

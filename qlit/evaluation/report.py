@@ -1,4 +1,4 @@
-"""The files a cross-validation leaves: ``cv_summary.json``/``.md`` and its figures."""
+"""The files a cross-validation or a sweep leaves: ``cv_summary.json``/``.md``, ``tune_summary.md``, figures."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from qlit.evaluation import plots
-from qlit.evaluation.baselines import BASELINES
-from qlit.evaluation.stats import CI_NOTE, METRIC, STD_NOTE
+from qlit.evaluation.baselines import BASELINES, C_GRID
+from qlit.evaluation.stats import CI_NOTE, METRIC, STD_NOTE, shown
 from qlit.io.runs import unused_path
 
 
@@ -89,3 +89,59 @@ def write_cv_report(cv_dir: Path, summary: dict[str, Any]) -> list[Path]:
     pooled_path = plots.save_png(pooled_figure, unused_path(cv_dir / "confusion_matrix.png"))
     print("\n" + table, flush=True)
     return [json_path, md_path, bars_path, pooled_path]
+
+
+def tune_table(summary: dict[str, Any]) -> str:
+    """The markdown of ``tune_summary.md``."""
+    names = {
+        "tuned": "tuned hybrid",
+        "untuned": "untuned hybrid",
+        "logistic_regression": "logistic regression (C by inner folds)",
+        "majority_class": BASELINES["majority_class"],
+    }
+    lines = [
+        f"## Tuning: {summary['experiment']} ({'nested, ' if summary['nested'] else ''}{len(summary['outer_folds'])} "
+        f"outer fold{'s' * (len(summary['outer_folds']) != 1)}, {summary['num_samples']} samples each, "
+        f"{summary['inner_folds']} inner folds)",
+        "",
+        (
+            f"`{METRIC}` on each outer test fold, never seen by the search; a trial's score is its mean best "
+            "`val_loss` over the inner folds of the outer fold's training rows. Logistic regression chooses its C "
+            f"(of {', '.join(map(str, C_GRID))}) by log loss on the same inner folds."
+        ),
+        "",
+        "| outer fold | n_test | best config (by inner val_loss) | " + " | ".join(names.values()) + " |",
+        "|---:|---:|---|" + "---:|" * len(names),
+    ]
+    for i, outer in enumerate(summary["outer_folds"]):
+        chosen = ", ".join(f"{k}={short_value(v)}" for k, v in outer["best_config"].items())
+        cells = [f"{summary[m]['folds'][i][METRIC]:.3f}" for m in names]
+        lines.append(f"| {outer['fold']} | {outer['n_test']} | {chosen} | " + " | ".join(cells) + " |")
+    means = [f"**{summary[m][f'{METRIC}_mean']:.3f} ± {shown(summary[m][f'{METRIC}_std'])}**" for m in names]
+    cis = [
+        "n/a" if summary[m][f"{METRIC}_ci95"] is None else "{:.3f} – {:.3f}".format(*summary[m][f"{METRIC}_ci95"])
+        for m in names
+    ]
+    lines += [
+        "| **mean ± sd** | | | " + " | ".join(means) + " |",
+        "| 95% CI of the mean | | | " + " | ".join(cis) + " |",
+    ]
+    if len(summary["outer_folds"]) > 1:
+        lines.append("")
+        for key, d in summary["paired_differences"].items():
+            lines.append(
+                f"- {key.replace('_minus_', ' − ').replace('_', ' ')}: {d['mean']:+.3f} "
+                f"(95% CI {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}, paired over outer folds)"
+            )
+    lines += ["", f"sd: {STD_NOTE}. {CI_NOTE}; n/a with one outer fold.", "", summary["best_config_note"], ""]
+    counts: dict[str, int] = {}
+    for outer in summary["outer_folds"]:
+        for t in outer["trials"]:
+            counts[t["status"]] = counts.get(t["status"], 0) + 1
+    lines.append("Trials: " + ", ".join(f"{n} {status}" for status, n in counts.items()) + ".")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def short_value(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

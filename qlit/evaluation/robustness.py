@@ -31,16 +31,17 @@ from typing import Any
 
 import torch
 
+from qlit.commands import RobustnessOptions
+from qlit.engine.predictions import predict
 from qlit.errors import QlitError
 from qlit.evaluation.plots import PALETTE, _figure, _title, save_png
 from qlit.export.artifact import classifier_from_hparams
-from qlit.io.checkpoints import check_checkpoint_content, load_checkpoint
+from qlit.io.checkpoint_content import check_checkpoint_content
+from qlit.io.checkpoints import load_checkpoint
 from qlit.io.preflight import check_checkpoint_fits, check_split
 from qlit.io.runs import unused_path
 from qlit.models.circuit import CHANNELS, CircuitSpec
 
-DEFAULT_LEVELS = (0.0, 0.001, 0.01, 0.05)
-DEFAULT_SHOTS: tuple[int | None, ...] = (None, 1000, 100)
 # Which rows a sweep scores, and how its reports name them.
 SPLITS = {"val": "validation", "test": "test"}
 _SUBCOMMAND = {"val": "validate", "test": "test"}
@@ -64,18 +65,6 @@ def check_grid(
         raise QlitError(f"repeats must be an integer >= 1, got {repeats!r}")
 
 
-@torch.no_grad()
-def accuracy(model: torch.nn.Module, loader: Any) -> float:
-    """Fraction of correctly classified samples of ``loader`` (binary: logit > 0 is class 1)."""
-    correct = total = 0
-    for x, y in loader:
-        logits = model(x)
-        predicted = (logits > 0).long() if logits.dim() == 1 else logits.argmax(-1)
-        correct += int((predicted == y).sum())
-        total += len(y)
-    return correct / total
-
-
 def _scored_checkpoint(
     path: Path, datamodule: Any, core: str | None = None, split: str = "val"
 ) -> tuple[dict[str, Any], Any]:
@@ -92,35 +81,25 @@ def _scored_checkpoint(
 
 
 def run_robustness(
-    checkpoint_path: Path,
-    datamodule: Any,
-    channel: str = "depolarizing",
-    levels: Sequence[float] = DEFAULT_LEVELS,
-    shots: Sequence[int | None] = DEFAULT_SHOTS,
-    repeats: int = 3,
-    seed: int = 0,
-    twin_ckpt: str | Path | None = None,
-    out_dir: Path | None = None,
-    split: str = "val",
+    checkpoint_path: Path, datamodule: Any, settings: RobustnessOptions | None = None, out_dir: Path | None = None
 ) -> dict[str, Any]:
-    """Score one checkpoint over ``levels`` × ``shots``; write the table, JSON and figure.
+    """Score one checkpoint over ``settings``' noise levels × shot counts; write the table, JSON and figure.
 
     Args:
         checkpoint_path: A checked Lightning checkpoint of a quantum model.
-        datamodule: The config's data module (set up here); its ``split`` rows are scored.
-        channel: Gate channel whose probability the levels set.
-        levels: Channel probabilities, 0 for none.
-        shots: Shot counts, ``None`` for exact expectation values.
-        repeats: Scores per cell with shots (different seeds); exact cells are scored once.
-        seed: First seed of every cell.
-        twin_ckpt: Checkpoint of the classical twin trained on the same split, for its reference line.
+        datamodule: The config's data module (set up here); its ``settings.split`` rows are scored: ``val``, the
+            fold's validation rows, for choosing; ``test``, its test rows, only for the final report of a choice
+            made on the validation rows. The reports name it.
+        settings: The grid (channel, levels, shots, repeats, seed), the twin checkpoint and the split; the
+            defaults of ``qlit robustness`` when ``None``.
         out_dir: Where to write (default: ``robustness`` beside the checkpoint's ``checkpoints`` folder).
-        split: ``"val"``: the fold's validation rows, for choosing; ``"test"``: its test rows, only for the
-            final report of a choice made on the validation rows. The reports name it.
 
     Returns:
         The report as written to ``robustness.json``, with ``"files"`` added.
     """
+    settings = settings or RobustnessOptions()
+    channel, levels, shots = settings.channel, list(settings.noise_levels), list(settings.shots)
+    repeats, seed, twin_ckpt, split = settings.repeats, settings.seed, settings.twin_ckpt, settings.split
     check_grid(channel, levels, shots, repeats, split)
     datamodule.setup(_SUBCOMMAND[split])
     checkpoint, base = _scored_checkpoint(checkpoint_path, datamodule, split=split)
@@ -139,7 +118,7 @@ def run_robustness(
             scores = []
             for k in range(repeats if count is not None else 1):
                 torch.manual_seed(seed + k)
-                scores.append(accuracy(model, loader))
+                scores.append(predict(model, loader).accuracy())
             cells.append({
                 "level": level, "shots": count, "acc_mean": statistics.fmean(scores),
                 "acc_sd": statistics.stdev(scores) if len(scores) > 1 else 0.0, "scores": scores,
@@ -149,12 +128,12 @@ def run_robustness(
     if exact is None:
         model = classifier_from_hparams(hparams)
         model.load_state_dict(state)
-        exact = accuracy(model.eval(), loader)
+        exact = predict(model, loader).accuracy()
     twin = None
     if twin_ckpt is not None:
         twin_checkpoint, twin_model = _scored_checkpoint(Path(twin_ckpt), datamodule, core="classical", split=split)
         twin_model.load_state_dict(twin_checkpoint["state_dict"])
-        twin = accuracy(twin_model.eval(), loader)
+        twin = predict(twin_model, loader).accuracy()
     report = {
         "checkpoint": str(checkpoint_path), "channel": channel, "levels": list(levels), "shots": list(shots),
         "repeats": repeats, "seed": seed, "split": split, "n_rows": len(loader.dataset), "noiseless_acc": exact,

@@ -174,20 +174,18 @@ def ray_space(space: Mapping[str, tuple[str, list[Any]]]) -> dict[str, Any]:
 
 def apply(config: Namespace, overrides: Mapping[str, Any]) -> Namespace:
     """A copy of ``config`` with ``{"model.lr": 0.01, "data.batch_size": 16, ...}`` set."""
-    config = config.clone()
-    for key, value in overrides.items():
-        section, _, name = key.partition(".")
-        value = value.item() if hasattr(value, "item") else value  # numpy scalars from Ray's samplers
-        target = config.data.init_args if section == "data" else config[section]
-        target[name] = value
-    return config
+    return _assign(config.clone(), overrides)
 
 
 def apply_to_dict(config: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``apply`` for a config loaded from YAML (``best_config.yaml``)."""
+    """``apply`` for a config loaded from YAML (``best_config.yaml``), changed in place."""
+    return _assign(config, overrides)
+
+
+def _assign(config: Any, overrides: Mapping[str, Any]) -> Any:
     for key, value in overrides.items():
         section, _, name = key.partition(".")
-        value = value.item() if hasattr(value, "item") else value
+        value = value.item() if hasattr(value, "item") else value  # numpy scalars from Ray's samplers
         target = config["data"]["init_args"] if section == "data" else config[section]
         target[name] = value
     return config

@@ -17,14 +17,14 @@ import torch
 from qlit.data.preprocessing import Preprocessor
 from qlit.errors import QlitError
 from qlit.export.quantize import METHOD, int8_layers_from_state, int8_state, quantize_linears, swap_modules
-from qlit.io.checkpoints import (
+from qlit.io.checkpoint_content import (
     check_checkpoint_content,
     check_datamodule_state,
     check_hyperparameters,
     check_tensors,
     check_weight_shapes,
-    load_checkpoint,
 )
+from qlit.io.checkpoints import load_checkpoint
 from qlit.models.classifier import HybridClassifier
 
 INT8_FORMAT = "qlit-int8"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qlit.errors import QlitError
-from qlit.io.checkpoints import ARCHITECTURE, check_optimizer_fits
+from qlit.io.checkpoint_content import ARCHITECTURE, check_optimizer_fits
 from qlit.io.runs import tensorboard_loggers
 from qlit.models.circuit import check_noise
 from qlit.models.classifier import RUN_CONDITIONS, RUN_CONDITIONS_KEY

@@ -151,3 +151,21 @@ def _make_parents(folder: Path) -> list[Path]:
         except OSError as err:
             raise QlitError(f"cannot create {path}: {err.strerror}") from None
     return list(reversed(missing))
+
+
+def remove_new_empty_files(folder: Path, before: set[Path]) -> None:
+    """After a failure (a full disk, say): remove the empty files and folders under ``folder`` not in ``before``.
+
+    A config, events file or prediction file that could not be written is left at 0 bytes; checkpoints are
+    written atomically and are never half there. Files that were there before are never touched.
+    """
+    if not folder.is_dir():
+        return
+    for path in sorted(set(folder.rglob("*")) - before, key=lambda p: len(p.parts), reverse=True):
+        try:
+            if path.is_file() and path.stat().st_size == 0:
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        except OSError:
+            pass

@@ -95,7 +95,8 @@ def _rotation_step(matrix: torch.Tensor, channel: torch.Tensor | None) -> torch.
     return step if channel is None else torch.einsum("acxy,bxyzw->baczw", channel, step)
 
 
-def _cnot_index(n_qubits: int, control: int, target: int, device: torch.device) -> torch.Tensor:
+def cnot_index(n_qubits: int, control: int, target: int, device: torch.device | None = None) -> torch.Tensor:
+    """The basis-state permutation of one CNOT: ``ψ'[k] = ψ[index[k]]`` (wire 0 is the most significant bit)."""
     index = torch.arange(2**n_qubits, device=device)
     cbit, tbit = 1 << (n_qubits - 1 - control), 1 << (n_qubits - 1 - target)
     return torch.where(index & cbit != 0, index ^ tbit, index)
@@ -136,9 +137,9 @@ class GateProgram:
             bits = (torch.arange(2**self.n, device=device)[:, None] >> (self.n - 1 - wires)) & 1
             self._cache[key] = {
                 "sources": self.sources.to(device),
-                "cnots": {g.wires: _cnot_index(self.n, *g.wires, device) for g in self.gates if g.name == "CNOT"},
+                "cnots": {g.wires: cnot_index(self.n, *g.wires, device) for g in self.gates if g.name == "CNOT"},
                 "cnot_pairs": {
-                    g.wires: _pair_index(_cnot_index(self.n, *g.wires, device)) for g in self.gates if g.name == "CNOT"
+                    g.wires: _pair_index(cnot_index(self.n, *g.wires, device)) for g in self.gates if g.name == "CNOT"
                 },
                 "channel": None if self.channel is None else self.channel.to(device=device, dtype=complex_dtype),
                 "z_signs": (1.0 - 2.0 * bits).to(dtype),

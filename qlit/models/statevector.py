@@ -70,12 +70,9 @@ def _bits(n_qubits: int) -> torch.Tensor:
 
 def _cnot_permutation(n_qubits: int, pairs: list[tuple[int, int]]) -> torch.Tensor:
     """Index permutation ``p`` equal to the CNOTs in ``pairs`` applied in order: ``ψ'[k] = ψ[p[k]]``."""
-    index = torch.arange(2**n_qubits)
-    total = index.clone()
+    total = torch.arange(2**n_qubits)
     for control, target in pairs:
-        cbit, tbit = 1 << (n_qubits - 1 - control), 1 << (n_qubits - 1 - target)
-        step = torch.where(index & cbit != 0, index ^ tbit, index)
-        total = total[step]
+        total = total[general.cnot_index(n_qubits, control, target)]
     return total
 
 

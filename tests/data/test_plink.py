@@ -14,7 +14,8 @@ from bed_reader import open_bed
 from qlit.cli import main
 from qlit.data.genotype_pca import MISSING, fit_genotype_pca
 from qlit.data.genotype_sim import BED_MAGIC, POPULATIONS_1KG, bed_bytes, sample_sizes, write_fileset
-from qlit.data.plink import PlinkDataModule, PlinkFileset
+from qlit.data.plink import PlinkDataModule
+from qlit.data.plink_files import PlinkFileset
 from qlit.errors import QlitError
 from tests.conftest import QUICK, one_line_error
 

@@ -183,12 +183,29 @@ def test_fit_test_predict_by_column_name_and_int8_export(tmp_path, capfd):
     np.testing.assert_allclose(probs[:, 1], [float(r[3]) for r in first[1:]], atol=0.05)
 
 
-def test_cv_reports_hybrid_twin_and_logistic_regression(tmp_path):
-    run_cli(["cv", "--config", TABULAR, "--data.init_args.num_folds=2", "--trainer.max_epochs=1"])
+def test_cv_reports_hybrid_twin_and_logistic_regression_reading_the_file_once(tmp_path, monkeypatch):
+    from sklearn.datasets import load_breast_cancer
+
+    from qlit.data import preprocessing, tables
+
+    cancer = load_breast_cancer(as_frame=True)
+    frame = cancer.frame.assign(target=[cancer.target_names[t] for t in cancer.target])
+    frame.to_csv("cancer.csv", index=False)
+    reads, fits = [], []
+    read, fit = tables._read_table, preprocessing.Preprocessor.fit
+    monkeypatch.setattr(tables, "_read_table", lambda path, *a: reads.append(str(path)) or read(path, *a))
+    monkeypatch.setattr(preprocessing.Preprocessor, "fit", lambda self, x: fits.append(len(x)) or fit(self, x))
+
+    run_cli(["cv", "--config", TABULAR, "--data.init_args.path=cancer.csv", "--data.init_args.num_folds=2",
+             "--trainer.max_epochs=1"])
     summary = json.loads(Path("lightning_logs/tabular/cv_summary.json").read_text())
     assert summary["num_folds"] == 2 and summary["class_names"] == ["benign", "malignant"]
     assert summary["baselines"]["logistic_regression"]["test_acc_mean"] > 0.9
     assert sum(f["n_test"] for f in summary["folds"]) == 569
+    # the command's own data module and the hybrid and twin of both folds (5 data modules): one read of the file,
+    # one fit of each fold's preprocessing on its training rows
+    assert reads == ["cancer.csv"]
+    assert sorted(fits) == sorted(f["n_train"] for f in summary["folds"])
 
 
 FIT = ["fit", "--config", TABULAR, "--trainer.max_epochs=1", "--data.init_args.n_components=null"]

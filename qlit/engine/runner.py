@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from qlit.errors import QlitError
-from qlit.runtime import choose_threads
+from qlit.runtime import apply_threads, choose_threads, quiet_lightning
 
 ADDRESS_ENV = "RAY_ADDRESS"
 # Every process of a local Ray that qlit starts inherits this variable (value: one id per start), which is how
@@ -183,9 +183,6 @@ def as_qlit_worker(cwd: str, threads: int | None = None) -> None:
         threads: The driver's `qlit.runtime.choose_threads`; ``None``: the same policy on this worker's
             environment (which a node of a cluster does not share with the driver).
     """
-    from qlit.cli import quiet_lightning
-    from qlit.runtime import apply_threads
-
     apply_threads(threads)
     quiet_lightning()
     if os.path.isdir(cwd):

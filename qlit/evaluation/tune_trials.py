@@ -1,0 +1,226 @@
+"""The trials of one ``qlit tune`` search: what runs on Ray Tune's workers, and the Tuner that starts them.
+
+A trial trains its sampled config on every inner fold of its search's rows (`trial_config`, `run_trial`), reports
+each validation epoch to Ray Tune (`InnerFoldReport`, which ASHA acts on) and ends with the mean of each inner
+fold's best ``val_loss`` (`SCORE`). `tuner` builds the search (a new one, or one restored from verified state),
+`trial_records` reads its results back as plain data.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import Callback
+
+from qlit.callbacks.summary import RunSummary
+from qlit.commands import TuneOptions
+from qlit.engine import runner
+from qlit.engine.build import build_run
+from qlit.errors import QlitError
+from qlit.evaluation.folds import class_name, tensorboard_args
+from qlit.evaluation.space import apply, ray_space
+from qlit.evaluation.tune_state import verify_state
+
+SCORE = "inner_val_loss_mean"
+# A trial's callbacks: the ones that pick, save or ship checkpoints have nothing to do in a trial, and
+# EarlyStopping would make trials of one search report different epochs at the same iteration (ASHA compares those).
+TRIAL_DROPS = ("RunCheckpoint", "ModelCheckpoint", "EarlyStopping", "Int8Quantization")
+
+
+class InnerFoldReport(Callback):
+    """Report every validation epoch of a trial's inner fold to Ray Tune, and keep its best epoch.
+
+    Ray's own ``TuneReportCheckpointCallback`` reports the same way (``ray.tune.report`` after each validation);
+    this one adds which inner fold the epoch belongs to, and saves no checkpoints.
+    """
+
+    def __init__(self, inner_fold: int, done: list[dict[str, float]]) -> None:
+        self.inner_fold = inner_fold
+        self.done = done  # the best epochs of the trial's earlier inner folds
+        self.best: dict[str, float] = {"val_loss": math.inf, "val_acc": math.nan, "epoch": -1}
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        from ray import tune
+
+        metrics = trainer.callback_metrics
+        loss, acc = float(metrics["val_loss"]), float(metrics.get("val_acc", math.nan))
+        if loss < self.best["val_loss"]:
+            self.best = {"val_loss": loss, "val_acc": acc, "epoch": trainer.current_epoch}
+        tune.report(
+            {
+                "val_loss": loss,
+                "val_acc": acc,
+                "inner_fold": self.inner_fold,
+                "epoch": trainer.current_epoch,
+                "inner_folds_done": len(self.done),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of one outer fold's search shares (sent to the Ray workers once)."""
+
+    config: Namespace
+    outer_fold: int | None  # None: the search over all rows, whose "inner folds" are the data module's folds
+    inner_folds: int
+    name: str
+    cwd: str
+
+
+def trial_config(setup: TrialSetup, params: dict[str, Any], inner_fold: int, trial: str) -> Namespace:
+    """The config one trial trains on one inner fold: sampled values, inner split, no checkpoints.
+
+    In the search over all rows (``setup.outer_fold is None``), inner fold j is the data module's fold j: the
+    trial trains on its training rows and is scored on its validation rows, never tested.
+    """
+    config = apply(setup.config, params)
+    if setup.outer_fold is None:
+        config.data.init_args.fold = inner_fold
+        config.data.init_args.inner_folds = None
+    else:
+        config.data.init_args.fold = setup.outer_fold
+        config.data.init_args.inner_folds = setup.inner_folds
+        config.data.init_args.inner_fold = inner_fold
+    logger = tensorboard_args(config)
+    logger.name, logger.version = f"{setup.name}/{search_name(setup.outer_fold)}/{trial}", f"inner_{inner_fold}"
+    config.trainer.callbacks = [cb for cb in config.trainer.get("callbacks") or [] if class_name(cb) not in TRIAL_DROPS]
+    config.trainer.enable_checkpointing = False
+    config.trainer.enable_progress_bar = False
+    config.trainer.enable_model_summary = False
+    return config
+
+
+def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
+    """A Ray Tune function trainable: train ``params`` on every inner fold, report, end with the mean."""
+    from ray import tune
+
+    runner.as_qlit_worker(setup.cwd)
+    trial = tune.get_context().get_trial_id()
+    done: list[dict[str, float]] = []
+    for j in range(setup.inner_folds):
+        cli = build_run(trial_config(setup, params, j, trial))
+        for callback in cli.trainer.callbacks:
+            if isinstance(callback, RunSummary):
+                callback.verbose = False
+        report = InnerFoldReport(j, done)
+        cli.trainer.callbacks.append(report)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        done.append(report.best)
+    tune.report(
+        {
+            "val_loss": float(np.mean([d["val_loss"] for d in done])),
+            SCORE: float(np.mean([d["val_loss"] for d in done])),
+            "inner_val_acc_mean": float(np.mean([d["val_acc"] for d in done])),
+            "inner_folds_done": len(done),
+            "inner_fold": setup.inner_folds,
+        }
+    )
+
+
+def sampler(space: dict[str, tuple[str, list[Any]]]) -> dict[str, Any]:
+    """Ray Tune's sampling objects for ``space``; what Ray refuses is one line naming the key, before any write."""
+    for key, spec in space.items():
+        try:
+            ray_space({key: spec})
+        except (ValueError, TypeError, ZeroDivisionError) as err:
+            name, args = spec
+            raise QlitError(f"{key}: Ray Tune refuses {{{name}: {args}}}: {str(err).splitlines()[0]}") from None
+    return ray_space(space)
+
+
+def search_name(outer_fold: int | None) -> str:
+    """The folder of one search: ``outer_<k>``, or ``all`` for the search over all rows."""
+    return "all" if outer_fold is None else f"outer_{outer_fold}"
+
+
+def tuner(setup: TrialSetup, space: dict, options: TuneOptions, storage: Path, max_epochs: int, seed: int | None):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    # Ray Tune's console tables would bury qlit's one line per outer fold; its results stay in storage_path.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, setup=setup), {"cpu": 1, "gpu": options.gpus_per_trial}
+    )
+    path = storage / search_name(setup.outer_fold)
+    if options.resume and path.exists():
+        verify_state(storage.parent, path.name)  # before anything there is unpickled
+        if tune.Tuner.can_restore(str(path)):
+            return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False)
+        shutil.rmtree(path)  # verified, but Ray saved nothing to restore: start the search afresh
+    grid = any(name == "grid" for name, _ in space.values())
+    if options.search == "optuna" and not grid:
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        search = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed))
+    else:
+        search = BasicVariantGenerator(random_state=seed)
+    # iterations: one per validation epoch of each inner fold, then the final mean
+    total = setup.inner_folds * max_epochs + 1
+    scheduler = (
+        ASHAScheduler(time_attr="training_iteration", max_t=total, grace_period=min(options.grace_period, total))
+        if options.asha
+        else FIFOScheduler()
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=sampler(space),
+        tune_config=tune.TuneConfig(
+            metric="val_loss",
+            mode="min",
+            num_samples=options.num_samples,
+            search_alg=search,
+            scheduler=scheduler,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=path.name,
+            storage_path=str(storage),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+
+
+def trial_records(results, keys: list[str], inner_folds: int) -> list[dict[str, Any]]:
+    """Every trial of one search: its values, score, and what became of it."""
+    trials = []
+    for result in results:
+        metrics = result.metrics or {}
+        complete = metrics.get("inner_folds_done") == inner_folds and SCORE in metrics
+        if result.error is not None:
+            status = "failed"
+        else:
+            status = "complete" if complete else "stopped early (ASHA)"
+        record = {
+            "trial": Path(result.path).name if result.path else None,
+            "config": {k: (result.config or {}).get(k) for k in keys},
+            "status": status,
+            SCORE: metrics.get(SCORE) if complete else None,
+            "inner_val_acc_mean": metrics.get("inner_val_acc_mean") if complete else None,
+            "iterations": metrics.get("training_iteration"),
+        }
+        if result.error is not None:
+            record["error"] = str(result.error).strip().splitlines()[-1][:300]
+        trials.append(_plain(record))
+    return trials
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if hasattr(value, "item") else value
