@@ -1,4 +1,5 @@
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,12 @@ def test_fit_test_predict_share_one_run_folder(tmp_path: Path):
 
     run("test", "--config", IRIS, "--ckpt_path", "best")
     assert "test_acc" in scalars(run_dir)
+    tested = json.loads((run_dir / "test_summary.json").read_text())  # the number and where it came from
+    assert tested["test_acc"] == pytest.approx(scalars(run_dir)["test_acc"][-1].value)
+    assert tested["checkpoint"].endswith("best.ckpt")
+    assert tested["provenance"]["command"] == ["qlit", "test", "--config", IRIS, "--ckpt_path", "best", *QUICK]
+    assert tested["provenance"]["data"]["fold"] == 0 and len(tested["provenance"]["data"]["test_sha256"]) == 64
+    assert set(tested["provenance"]["versions"]) == {"qlit", "torch", "lightning", "pennylane"}
     assert (run_dir / "config_test.yaml").is_file()
     assert not (tmp_path / "lightning_logs" / "iris" / "version_1").exists()
 

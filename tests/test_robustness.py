@@ -77,6 +77,8 @@ def test_robustness_sweep_writes_table_json_and_figure(runs, capfd):
     assert len(cells[(0, 10)]["scores"]) == 2 and len(cells[(0, None)]["scores"]) == 1
     assert cells[(0, None)]["acc_mean"] == report["noiseless_acc"]
     assert report["twin_acc"] is not None and "Classical twin" in out
+    assert report["provenance"]["command"][:2] == ["qlit", "robustness"]
+    assert report["provenance"]["data"]["val_sha256"] and report["provenance"]["versions"]["torch"]
     # A second sweep never overwrites the first.
     main(["robustness", *_args(runs, "quantum"), "--ckpt_path=best", "--noise_levels=[0]", "--shots=[null]"])
     assert (runs["quantum"] / "robustness_1" / "robustness.json").exists()

@@ -74,6 +74,8 @@ def test_tuned_configs_say_where_they_were_tuned(iris_tune, monkeypatch):
     best = yaml.safe_load((folder / "best_config.yaml").read_text())["data"]["init_args"]["tuned_on"]
     assert best == {"data_sha256": data.data_sha256(), "outer_fold": None, "rows": "all"}
     assert summary["final_search"]["best_config"] == summary["best_config"]
+    assert summary["provenance"]["data"]["data_sha256"] == data.data_sha256()
+    assert summary["provenance"]["command"][:2] == ["qlit", "tune"] and summary["provenance"]["versions"]["lightning"]
     assert len(summary["final_search"]["trials"]) == 2 and "nested" in summary["best_config_note"]
     assert (folder / "all").is_dir()
     monkeypatch.setenv("XDG_CONFIG_HOME", str(root / "config"))

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
+
+from qlit.io.provenance import provenance
+from qlit.io.runs import unused_path
 
 
 def _hparams(pl_module: L.LightningModule) -> dict[str, Any]:
@@ -21,7 +26,8 @@ class RunSummary(L.Callback):
     At the end of ``fit`` it prints the best epoch, its ``val_loss`` and ``val_acc`` and the run
     folder, and logs ``hp/best_val_loss`` and ``hp/best_val_acc`` against the model's
     hyperparameters, so runs can be compared in TensorBoard's HParams tab. ``qlit test`` adds
-    ``hp/test_acc`` and ``hp/test_loss``. Its state is saved in checkpoints, so a resumed run
+    ``hp/test_acc`` and ``hp/test_loss``, and writes them with their provenance (versions, commit, command,
+    data, date) to ``test_summary.json`` in the run folder. Its state is saved in checkpoints, so a resumed run
     reports the best epoch of the whole run. The classical settings (``lr``, ``n_qubits``, ...)
     are the columns; nothing is logged against the test fold during ``fit``.
 
@@ -59,12 +65,29 @@ class RunSummary(L.Callback):
             )
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
         if not trainer.is_global_zero:
             return
-        metrics = {f"hp/{k}": float(v) for k, v in trainer.callback_metrics.items() if k in ("test_acc", "test_loss")}
+        tested = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("test_acc", "test_loss")}
+        metrics = {f"hp/{k}": v for k, v in tested.items()}
         metrics.update({f"hp/best_{k}": v for k, v in self.best.items() if k != "epoch"})
         if metrics:
             self._log_hparams(trainer, pl_module, metrics)
+        if self.verbose and log_dir and tested:  # qlit cv reports its folds' tests in its own summary
+            self._write_test_summary(Path(log_dir), trainer, tested)
+
+    @staticmethod
+    def _write_test_summary(folder: Path, trainer: L.Trainer, tested: dict[str, float]) -> None:
+        """``test_summary.json`` (``test_summary_1.json``, ... after it): the test's numbers and their provenance."""
+        data = trainer.datamodule
+        identity = data.split_identity() if data is not None and getattr(data, "x", None) is not None else None
+        summary = {
+            "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+            **tested,
+            "provenance": provenance(identity),
+        }
+        path = unused_path(folder / "test_summary.json")
+        path.write_text(json.dumps(summary, indent=2) + "\n")
 
     @staticmethod
     def _log_hparams(trainer: L.Trainer, pl_module: L.LightningModule, metrics: dict[str, float]) -> None:

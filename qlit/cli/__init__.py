@@ -28,6 +28,7 @@ from qlit.errors import QlitError
 from qlit.io.checkpoint_content import check_checkpoint_content
 from qlit.io.checkpoints import load_checkpoint
 from qlit.io.config_files import check_config_files
+from qlit.io.provenance import record_command
 from qlit.io.preflight import check_resume_overrides, preflight
 from qlit.io.runs import (
     claim_version,
@@ -217,6 +218,7 @@ class QlitCLI(RunBuilder):
 def main(args: list[str] | None = None) -> None:
     """Run the ``qlit`` command line; ``args`` defaults to ``sys.argv[1:]``."""
     levels = quiet_lightning()
+    record_command(args)
     try:
         check_config_files(sys.argv[1:] if args is None else args)
         with shared_data():  # the command and every fold it trains read each data file once

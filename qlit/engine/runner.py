@@ -26,25 +26,61 @@ ADDRESS_ENV = "RAY_ADDRESS"
 # Every process of a local Ray that qlit starts inherits this variable (value: one id per start), which is how
 # the guard below finds them all, whoever their parent is by then.
 OWNER_ENV = "QLIT_RAY_OWNER"
-# The guard: a small process of its own session that waits for the driver's end (EOF on its stdin, which only the
-# driver holds), then SIGKILLs every process carrying the driver's OWNER_ENV until none has been seen for 2 s (a
-# process caught between fork and exec, or started by a dying raylet, is found by a later scan). Ray stops most of
-# its processes when the driver dies, but its DashboardAgent and RuntimeEnvAgent first try to tell the (dead) GCS,
-# for 60 s, and a SIGTERM does not stop them. It signals single PIDs it found, never a process group.
+# The guard: a small process of its own session. While the driver runs, it notes once a second the driver's
+# descendants that carry the driver's OWNER_ENV and everything below them (by PID and start time, so a reused PID is
+# never mistaken for one): Ray's processes, not the driver's other children. At the driver's end (EOF on its stdin,
+# which only the driver holds) it SIGKILLs those still alive, and every process carrying OWNER_ENV, until none has
+# been seen for 2 s (a process caught between fork and exec, or started by a dying raylet, is found by a later scan).
+# Ray stops most of its processes when the driver dies, but its DashboardAgent and RuntimeEnvAgent first try to tell
+# the (dead) GCS, for 60 s, and a SIGTERM does not stop them. Under load the marker alone once missed those two (a
+# process can rewrite the memory /proc shows as its environment, as process titles do): the noted tree does not.
+# It signals single PIDs it found, never a process group.
 _GUARD = r"""
-import os, signal, sys, time
-marker, spare = sys.argv[1].encode(), {os.getpid(), int(sys.argv[2])}
-while os.read(0, 65536):
-    pass
-def owned():
+import os, select, signal, sys, time
+marker, driver = sys.argv[1].encode(), int(sys.argv[2])
+spare = {os.getpid(), driver}
+def processes():
     for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) not in spare:
+        if name.isdigit():
             try:
-                with open("/proc/%s/environ" % name, "rb") as f:
-                    if marker in f.read().split(b"\0"):
-                        yield int(name)
-            except OSError:
+                with open("/proc/%s/stat" % name, "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                if fields[0] not in (b"Z", b"X"):  # a zombie is dead already, only not yet reaped
+                    yield int(name), int(fields[1]), fields[19]
+            except (OSError, IndexError, ValueError):
                 pass
+def carries(pid):
+    try:
+        with open("/proc/%s/environ" % pid, "rb") as f:
+            return marker in f.read().split(b"\0")
+    except OSError:
+        return False
+family = {}
+def note_family():
+    children, start = {}, {}
+    for pid, ppid, started in processes():
+        children.setdefault(ppid, []).append(pid)
+        start[pid] = started
+    stack = [(pid, False) for pid in children.get(driver, [])]
+    while stack:
+        pid, inside = stack.pop()
+        if pid in spare:
+            continue
+        inside = inside or family.get(pid) == start[pid] or carries(pid)
+        if inside:
+            family[pid] = start[pid]
+        stack.extend((child, inside) for child in children.get(pid, []))
+while True:
+    if select.select([0], [], [], 1.0)[0]:
+        if not os.read(0, 65536):
+            break
+    else:
+        note_family()
+def owned():
+    alive = {pid: started for pid, _, started in processes()}
+    for pid in alive:
+        if pid not in spare and (family.get(pid) == alive[pid] or carries(pid)):
+            yield pid
 deadline, quiet_since = time.monotonic() + 60, time.monotonic()
 while time.monotonic() < deadline and time.monotonic() - quiet_since < 2:
     found = list(owned())

@@ -35,6 +35,7 @@ from qlit.evaluation.baselines import BASELINES, LOGISTIC_MODEL, MAJORITY_MODEL,
 from qlit.evaluation.folds import FoldJob, check_fold_config, run_fold, tensorboard_args
 from qlit.evaluation.report import write_cv_report
 from qlit.evaluation.stats import CI_NOTE, METRIC, STD_NOTE, paired, with_stats
+from qlit.io.provenance import provenance
 from qlit.io.runs import claim_file
 
 FOLD_KEYS = ("seed_everything", "trainer", "model", "data")
@@ -137,6 +138,15 @@ def fold_line(k: int, num_folds: int, results: dict[str, dict[str, Any]]) -> str
     return f"fold {k + 1}/{num_folds} (n_test {hybrid['n_test']}): " + " | ".join(parts)
 
 
+def _data_identity(config: Namespace, folds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The data every fold was cut from: its module, settings and one SHA-256 (checked to be the same for all)."""
+    hashes = {record["data_sha256"] for record in folds}
+    if len(hashes) != 1:
+        raise RuntimeError(f"the folds were trained on different data ({len(hashes)} different hashes)")
+    settings = {k: v for k, v in vars(config.data.init_args).items() if isinstance(v, (str, int, float, bool, list))}
+    return {"data_module": config.data.class_path, "data_sha256": hashes.pop(), "settings": settings}
+
+
 def summarize(name: str, cv_dir: Path, config: Namespace, per_fold: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
     """The ``cv_summary.json`` content from each fold's hybrid and twin results."""
     hybrid, twin, logistic, majority = [], [], [], []
@@ -159,6 +169,7 @@ def summarize(name: str, cv_dir: Path, config: Namespace, per_fold: list[dict[st
         "class_names": per_fold[0]["hybrid"]["class_names"],
         "seed_everything": config.get("seed_everything"),
         "checkpoint": per_fold[0]["hybrid"]["checkpoint"],
+        "provenance": provenance(_data_identity(config, hybrid)),
         "std": STD_NOTE,
         "ci95_method": CI_NOTE,
         **with_stats(hybrid),

@@ -161,6 +161,7 @@ class _Fold:
             "n_train": len(self.data.indices["train"]),
             "n_val": len(self.data.indices["val"]),
             "data_fold": int(self.cli.trainer.datamodule.fold),
+            "data_sha256": self.data.data_sha256(),
             "log_dir": str(self.log_dir),
             "config": str(self.config_path),
             "best_checkpoint": str(self.best_checkpoint),

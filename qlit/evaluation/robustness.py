@@ -39,6 +39,7 @@ from qlit.export.artifact import classifier_from_hparams
 from qlit.io.checkpoint_content import check_checkpoint_content
 from qlit.io.checkpoints import load_checkpoint
 from qlit.io.preflight import check_checkpoint_fits, check_split
+from qlit.io.provenance import provenance
 from qlit.io.runs import unused_path
 from qlit.models.circuit import CHANNELS, CircuitSpec
 
@@ -139,6 +140,7 @@ def run_robustness(
         "repeats": repeats, "seed": seed, "split": split, "n_rows": len(loader.dataset), "noiseless_acc": exact,
         "twin_ckpt": None if twin_ckpt is None else str(twin_ckpt), "twin_acc": twin, "cells": cells,
         "model": {k: hparams[k] for k in ("n_qubits", "n_layers", "ansatz", "embedding") if k in hparams},
+        "provenance": provenance(datamodule.split_identity()),
     }
     folder = unused_path(out_dir or checkpoint_path.parent.parent / "robustness")
     folder.mkdir(parents=True)

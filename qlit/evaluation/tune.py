@@ -52,6 +52,7 @@ from qlit.evaluation.stats import CI_NOTE, METRIC, STD_NOTE, paired, with_stats
 from qlit.evaluation.tune_state import prune_states, record_state, verify_state
 from qlit.evaluation.tune_trials import SCORE, TrialSetup, search_name, trial_records
 from qlit.io.checkpoints import load_checkpoint
+from qlit.io.provenance import provenance
 from qlit.io.runs import claim_version, release_if_empty, unused_path
 
 # Options that say where trials run, not what they are: a resumed sweep may change them.
@@ -91,7 +92,7 @@ def _best_config_yaml(
     return header + yaml.safe_dump(config, sort_keys=False, width=120, default_flow_style=None)
 
 
-def provenance(config: Namespace, outer_fold: int | None) -> dict[str, Any]:
+def tuned_on_record(config: Namespace, outer_fold: int | None) -> dict[str, Any]:
     """``data.tuned_on`` of a config a search chose: the data's SHA-256, the outer fold and the rows it saw."""
     fold = data_module(_at_fold(config, 0 if outer_fold is None else outer_fold))
     rows: str | list[int] = "all"
@@ -223,7 +224,7 @@ def _run_tune(
             raise QlitError(f"{where}: no trial of {options.num_samples} completed ({reasons})")
         best = min(complete, key=lambda t: t[SCORE])
         search = {"fold": k, "trials": trials, "best_config": best["config"], "best_score": best[SCORE]}
-        search["tuned_on"] = provenance(config, k)
+        search["tuned_on"] = tuned_on_record(config, k)
         if k is None:
             final = search
         else:
@@ -316,6 +317,7 @@ def _run_tune(
         "best_config": chosen["best_config"],
         "best_config_tuned_on": chosen["tuned_on"],
         "best_config_note": note,
+        "provenance": provenance({"data_module": config.data.class_path, "data_sha256": searches[0]["data_sha256"]}),
     }
     if len(searches) > 1:
         summary["paired_differences"] = {

@@ -6,6 +6,8 @@ import csv
 import gzip
 import hashlib
 import json
+import shutil
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import qlit
 from qlit import load_model
 from qlit.cli import main
 from qlit.data import TabularDataModule, read_table
@@ -206,6 +209,16 @@ def test_cv_reports_hybrid_twin_and_logistic_regression_reading_the_file_once(tm
     # one fit of each fold's preprocessing on its training rows
     assert reads == ["cancer.csv"]
     assert sorted(fits) == sorted(f["n_train"] for f in summary["folds"])
+    # where the numbers came from: versions, qlit's commit, the command, the data and the date
+    made = summary["provenance"]
+    assert made["command"][:4] == ["qlit", "cv", "--config", TABULAR] and made["date"].startswith("20")
+    assert made["data"]["data_sha256"] == summary["folds"][0]["data_sha256"]
+    assert made["data"]["settings"]["path"] == "cancer.csv"
+    assert made["versions"]["qlit"] == qlit.__version__
+    repo = Path(qlit.__file__).resolve().parents[1]
+    if shutil.which("git") and (repo / ".git").exists():  # read from .git by qlit, asked of git here
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
+        assert made["git_commit"] == head.stdout.strip()
 
 
 FIT = ["fit", "--config", TABULAR, "--trainer.max_epochs=1", "--data.init_args.n_components=null"]
