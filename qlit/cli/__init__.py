@@ -28,8 +28,8 @@ from qlit.errors import QlitError
 from qlit.io.checkpoint_content import check_checkpoint_content
 from qlit.io.checkpoints import load_checkpoint
 from qlit.io.config_files import check_config_files
-from qlit.io.provenance import record_command
 from qlit.io.preflight import check_resume_overrides, preflight
+from qlit.io.provenance import record_command
 from qlit.io.runs import (
     claim_version,
     release_if_empty,
