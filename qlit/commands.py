@@ -23,7 +23,7 @@ from qlit.errors import QlitError
 
 @dataclass(frozen=True)
 class CVOptions:
-    """Cross-validate: every fold, beside a classical twin, logistic regression and the majority class.
+    """Cross-validate: every fold, beside a classical twin, logistic regression, a tuned SVM and gradient boosting.
 
     Each fold k trains a fresh model, data module and trainer, logs to <experiment>/fold_<k> and is tested on its
     held-out fold with its best checkpoint. Writes cv_summary.json, cv_summary.md (means, sd, 95% CI) and figures
@@ -35,16 +35,34 @@ class CVOptions:
         address: A Ray cluster to train the folds on: ``auto`` (the one started on this machine with ``ray start``)
             or the head node's ``host:port``; ``RAY_ADDRESS`` is used when unset.
         gpus_per_fold: The GPU share each fold asks Ray for (0.5 puts two folds on one GPU).
+        repeats: Repeat the k folds over this many split seeds (split_seed, split_seed + 1, ...), each with its
+            own model seed (seed_everything + repeat); means and intervals are over all repeats × folds fits.
+        tuned_baselines: Also fit an RBF SVM and gradient boosting on each fold, their hyperparameters chosen by
+            inner cv on the fold's training rows (a few seconds a fold); false leaves them out.
+        cost_bps: Equity data: what the strategy table charges per trade, in basis points of the position changed
+            (other data ignore it).
+        folds: Run only these folds, e.g. ``0,2``; the summary says which it covers. Default: all.
+        resume: Continue the experiment's newest unfinished cv run (one that was killed): trainings whose results
+            are complete are kept, the others run again; the settings must be the ones it started with.
     """
 
     workers: int = 1
     address: str | None = None
     gpus_per_fold: float = 0.0
+    repeats: int = 1
+    tuned_baselines: bool = True
+    cost_bps: float = 5.0
+    folds: list[int] | str | None = None
+    resume: bool = False
 
     def check(self) -> None:
         """Refuse impossible settings, and Ray options when Ray is not installed, before anything is written."""
         if self.workers < 1:
             raise QlitError(f"--workers must be at least 1, got {self.workers}")
+        if self.repeats < 1:
+            raise QlitError(f"--repeats must be at least 1, got {self.repeats}")
+        if not self.cost_bps >= 0:
+            raise QlitError(f"--cost_bps must be 0 or more, got {self.cost_bps}")
         if not 0 <= self.gpus_per_fold:
             raise QlitError(f"--gpus_per_fold must be 0 or more, got {self.gpus_per_fold}")
         if self.workers > 1 or self.address or self.gpus_per_fold:
@@ -191,8 +209,10 @@ def _subcommand(options: type) -> Any:
     method.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     method.__annotations__ = {p.name: p.annotation for p in parameters[1:]}
     args = attributes.strip("\n")  # getdoc dedented the class docstring: its fields stand four spaces in, as Args do
-    method.__doc__ = f"{summary.strip()}\n\nArgs:\n    model: The configured model.\n    " \
+    method.__doc__ = (
+        f"{summary.strip()}\n\nArgs:\n    model: The configured model.\n    "
         f"datamodule: The configured data module.\n{args}\n"
+    )
     return method
 
 

@@ -29,7 +29,7 @@ def environment() -> dict[str, str]:
 
 
 def test_runs_started_together_never_share_a_folder(in_tmp_path: Path):
-    cv = ["cv", "--config", IRIS, "--data.num_folds=2", "--trainer.max_epochs=1"]
+    cv = ["cv", "--config", IRIS, "--data.num_folds=2", "--trainer.max_epochs=1", "--tuned_baselines=false"]
     # the fits as a user runs them, output to pipes: no progress bar unless asked for
     fit = [sys.executable, "-m", "qlit", "fit", "--config", IRIS, "--trainer.max_epochs=1"]
     commands = [qlit(*cv, "--seed_everything=1"), qlit(*cv, "--seed_everything=2"), fit, fit]

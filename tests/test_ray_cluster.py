@@ -21,7 +21,7 @@ from tests.conftest import CONFIGS, QUICK
 pytest.importorskip("ray")
 
 IRIS = str(CONFIGS / "iris.yaml")
-SMALL = ["--trainer.max_epochs=2", "--model.lr=0.1", "--data.init_args.num_folds=2"]
+SMALL = ["--trainer.max_epochs=2", "--model.lr=0.1", "--data.init_args.num_folds=2", "--tuned_baselines=false"]
 
 
 def _free_port() -> int:

@@ -20,11 +20,14 @@ from qlit.cli import main
 from qlit.data import IrisDataModule
 from qlit.errors import QlitError
 from qlit.evaluation.baselines import C_GRID, logistic_regression_inner_c
+from qlit.evaluation.cv import data_module, with_test_rows
 from qlit.evaluation.report import tune_table
 from qlit.evaluation.space import read_space
 from qlit.evaluation.stats import interval, paired, with_stats
+from qlit.evaluation.tune import _at_fold, tuned_on_record
 from qlit.io.preflight import check_split
 from tests.conftest import CONFIGS, QUICK, one_line_error
+from tests.data.test_given_split import given_test_rows, split_table
 
 IRIS = str(CONFIGS / "iris.yaml")
 
@@ -138,3 +141,21 @@ def test_one_outer_fold_has_no_spread_and_no_interval():
     assert json.loads(json.dumps(models["tuned"]))["test_acc_std"] is None
     table = tune_table(summary)
     assert "**0.800 ± n/a**" in table and "| 95% CI of the mean | | | n/a |" in table
+
+
+def test_a_search_over_a_given_split_records_only_the_training_rows(tmp_path: Path, monkeypatch):
+    """With given test rows, tune's folds are cut from the training rows and its record names exactly those."""
+    monkeypatch.chdir(tmp_path)
+    frame = split_table(80)
+    frame.to_csv("s.csv", index=False)
+    test = set(given_test_rows(frame).tolist())
+    init = {"class_path": "qlit.data.TabularDataModule",
+            "init_args": {"path": "s.csv", "target": "species", "split_column": "split", "num_folds": 2}}
+    config = Namespace(data=Namespace(class_path=init["class_path"], init_args=Namespace(**init["init_args"])))
+    assert tuned_on_record(config, None)["rows"] == sorted(set(range(80)) - test)  # all given training rows
+    folded = with_test_rows(config, "fold")
+    for k in range(2):
+        rows = set(tuned_on_record(folded, k)["rows"])
+        assert rows and not rows & test, "an outer fold's search saw a given test row"
+        module = data_module(_at_fold(folded, k, inner_folds=2, inner_fold=1))
+        assert not set(np.concatenate([module.indices[s] for s in ("train", "val", "test")])) & test

@@ -257,6 +257,10 @@ class KFoldDataModule(L.LightningDataModule):
         """The class indices of one split's rows."""
         return np.asarray(self.y[self.indices[split]])
 
+    def row_ids(self) -> list[str]:
+        """A name for every row of the data (after `setup`), for out-of-fold predictions; here the row number."""
+        return [str(i) for i in range(len(self.y))]
+
     def pca_scores(self) -> np.ndarray | None:
         """Every row on the fold's first two principal components, or ``None`` without a PCA step.
 

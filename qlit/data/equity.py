@@ -21,6 +21,10 @@ last ``window`` of them) up to ``gap`` dates before the test span; the last ``va
 span validates, ``gap`` dates after the training rows. Training rows whose label ends on or after
 the first validation date, and validation rows whose label ends on or after the first test date,
 are dropped as well (purging), so no label overlaps the next span even when symbols' calendars differ.
+
+Beside features and labels, `load` keeps each row's date, symbol and one-day simple return from its close to
+the symbol's next close (`row_dates`, `row_symbols`, `next_day_returns`): what a daily trading strategy built on
+the predictions earns (`qlit.evaluation.strategy`), whatever the label's ``horizon``.
 """
 
 from __future__ import annotations
@@ -32,14 +36,13 @@ from torch.utils.data import TensorDataset
 
 from qlit.data.base import KFoldDataModule
 from qlit.data.preprocessing import Preprocessor
-from qlit.data.price_features import bar_features, feature_names
+from qlit.data.price_features import OPTIONAL, bar_features, feature_names, match_columns, parse_dates
 from qlit.data.sampling import TensorLoader
 from qlit.data.splits import walk_forward_folds
-from qlit.data.tables import Table, read_table
+from qlit.data.tables import BUILTIN, Table, read_table
 from qlit.errors import QlitError
 
 CLASS_NAMES = ["down", "up"]
-OPTIONAL = ("open", "high", "low", "volume")
 
 
 def _int_option(name: str, value: Any, minimum: int, allow_none: bool = False) -> None:
@@ -103,7 +106,7 @@ class EquityDataModule(KFoldDataModule):
         if not np.isfinite(threshold):
             raise QlitError(f"threshold must be a finite number, got {threshold!r}")
         table = read_table(path)
-        self._columns = self._match_columns(table, price_column)
+        self._columns = match_columns(table, price_column)
         if symbols is not None and "symbol" not in self._columns:
             raise QlitError(f"{table.source}: symbols={symbols} needs a 'symbol' column")
         self.path = str(path)
@@ -131,28 +134,10 @@ class EquityDataModule(KFoldDataModule):
         self.sample_ids: np.ndarray | None = None
         self.sample_dates: np.ndarray | None = None
         self.label_end: np.ndarray | None = None
+        self.sample_symbols: np.ndarray | None = None
+        self.sample_next_returns: np.ndarray | None = None
         self._new: tuple[list[str], np.ndarray] | None = None
         super().__init__(**kwargs)
-
-    @staticmethod
-    def _match_columns(table: Table, price_column: str) -> dict[str, str]:
-        """Role -> column name (``date``, ``close``, optional ones), matched case-insensitively."""
-        by_lower: dict[str, str] = {}
-        for name in table.columns:
-            key = name.strip().lower()
-            if key in by_lower:
-                raise QlitError(f"{table.source}: columns {by_lower[key]!r} and {name!r} differ only in case")
-            by_lower[key] = name
-        roles = {"date": "date", "close": price_column.strip().lower()}
-        found = {}
-        for role, key in roles.items():
-            if key not in by_lower:
-                table.require(key, f"the {role} column")
-            found[role] = by_lower[key]
-        for role in (*OPTIONAL, "symbol"):
-            if role in by_lower:
-                found[role] = by_lower[role]
-        return found
 
     def make_preprocessor(self) -> Preprocessor:
         return Preprocessor(n_components=self.n_components)
@@ -176,13 +161,13 @@ class EquityDataModule(KFoldDataModule):
         """Per symbol: name, file row indices, dates and bars (date order checked, values validated)."""
         import pandas as pd
 
-        columns = self._columns if table is self._table else self._match_columns(table, self.price_column)
+        columns = self._columns if table is self._table else match_columns(table, self.price_column)
         for role in sorted(self.feature_roles - set(columns)):
             table.require(role, f"the {role} column the model was trained with")
         if self.symbols is not None and "symbol" not in columns:
             table.require("symbol", "the symbol column")
         frame = table.frame
-        dates = self._dates(table, columns["date"])
+        dates = parse_dates(table, columns["date"], self.date_format)
         values = {}
         for role in ("close", *OPTIONAL):
             if role in columns and (role == "close" or role in self.feature_roles):
@@ -245,31 +230,11 @@ class EquityDataModule(KFoldDataModule):
             used |= {"high", "low"}
         return used | (present & {"open", "volume"})
 
-    def _dates(self, table: Table, name: str) -> np.ndarray:
-        import pandas as pd
-
-        column = table.frame[name]
-        try:
-            parsed = pd.to_datetime(column, format=self.date_format, errors="coerce")
-        except (ValueError, TypeError) as err:
-            raise QlitError(f"{table.source}: column {name!r} does not hold dates ({err})") from None
-        bad = parsed.isna().to_numpy()
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            value = column.iloc[row]
-            what = "missing date" if pd.isna(value) else f"{value!r} is not a date"
-            fmt = f" in the format {self.date_format!r}" if self.date_format else " like the first date"
-            raise QlitError(f"{table.source}: {table.where(row)}, column {name!r}: {what}"
-                            + ("" if pd.isna(value) else fmt))
-        if getattr(parsed.dt, "tz", None) is not None:
-            parsed = parsed.dt.tz_localize(None)
-        return parsed.to_numpy(dtype="datetime64[ns]")
-
     def _samples(self, table: Table, labelled: bool):
         """Features of every day with a full history (and, if ``labelled``, a label), ordered by date then symbol."""
         import pandas as pd
 
-        xs, ys, ids, days, ends = [], [], [], [], []
+        xs, ys, ids, days, ends, names, nexts = [], [], [], [], [], [], []
         history = max(self.lags, self.rolling_window)
         for name, _, d, bars in self._series(table):
             need = history + 1 + (self.horizon if labelled else 0)
@@ -290,12 +255,22 @@ class EquityDataModule(KFoldDataModule):
                 ys.append((forward > self.threshold).astype(np.int64))
                 ends.append(d[keep + self.horizon])
             days.append(d[keep])
+            names.append(np.full(len(keep), name or self._single_symbol(), dtype=object))
+            close, after = bars["close"], np.minimum(keep + 1, len(d) - 1)
+            # the last day of an unlabelled table has no next close yet: NaN, not a made-up return
+            nexts.append(np.where(keep + 1 < len(d), close[after] / close[keep] - 1.0, np.nan))
             prefix = f"{name} " if name else ""
             ids.append(np.array([prefix + str(pd.Timestamp(t).date()) for t in d[keep]]))
         day = np.concatenate(days)
         symbol_rank = np.concatenate([np.full(len(v), i) for i, v in enumerate(days)])
         order = np.lexsort((symbol_rank, day))
-        out = {"x": np.concatenate(xs)[order], "ids": np.concatenate(ids)[order], "dates": day[order]}
+        out = {
+            "x": np.concatenate(xs)[order],
+            "ids": np.concatenate(ids)[order],
+            "dates": day[order],
+            "symbols": np.concatenate(names)[order].astype(str),
+            "next_returns": np.concatenate(nexts)[order],
+        }
         if labelled:
             out["y"] = np.concatenate(ys)[order]
             out["label_end"] = np.concatenate(ends)[order]
@@ -309,7 +284,63 @@ class EquityDataModule(KFoldDataModule):
                 f"threshold={self.threshold}; a classifier needs both classes"
             )
         self.sample_ids, self.sample_dates, self.label_end = samples["ids"], samples["dates"], samples["label_end"]
+        self.sample_symbols, self.sample_next_returns = samples["symbols"], samples["next_returns"]
         return samples["x"], samples["y"]
+
+    def _single_symbol(self) -> str:
+        """The name of a table without a ``symbol`` column: the built-in table's or the file's (``sp500``, ``prices``)."""
+        from pathlib import Path
+
+        return self.path.split(":", 1)[1] if self.path in BUILTIN else Path(self.path).stem
+
+    def _loaded(self, what: str) -> None:
+        if self.sample_dates is None:
+            raise RuntimeError(f"{what}() needs load() or setup() first")
+
+    def row_dates(self) -> np.ndarray:
+        """The date of every row (``datetime64[D]``), in the row order of ``x`` and ``y``."""
+        self._loaded("row_dates")
+        return self.sample_dates.astype("datetime64[D]")
+
+    def row_symbols(self) -> np.ndarray:
+        """The symbol of every row (strings); a table without a ``symbol`` column gets one name (`_single_symbol`)."""
+        self._loaded("row_symbols")
+        return self.sample_symbols.copy()
+
+    def next_day_returns(self) -> np.ndarray:
+        """Every row's simple return from its close to the next close of the same symbol (NaN where unknown).
+
+        ``close`` is ``price_column`` (e.g. adjusted closes). The return is over one trading day whatever the
+        ``horizon`` of the label: a strategy trading on the predicted direction rebalances daily, so with
+        ``horizon > 1`` it acts on a forecast of the next ``horizon`` days while earning the next day's return.
+        """
+        self._loaded("next_day_returns")
+        return self.sample_next_returns.copy()
+
+    def row_ids(self) -> list[str]:
+        """An id per row for a predictions file: its date (``2015-03-02``), or symbol and date (``AAPL 2015-03-02``)."""
+        self._loaded("row_ids")
+        return [str(i) for i in self.sample_ids]
+
+    def fold_spans(self) -> dict[str, Any]:
+        """First and last date (ISO) and row count of the current fold's ``train``, ``val`` and ``test`` rows.
+
+        Returns:
+            ``{"fold": k, "train": {"first": "2000-02-01", "last": …, "rows": n}, "val": {…}, "test": {…}}``;
+            ``first`` and ``last`` are ``None`` for an empty split (the test split of a nested tuning fold).
+        """
+        if self.x is None:
+            raise RuntimeError("fold_spans() needs setup() first")
+        dates = self.row_dates()
+        spans: dict[str, Any] = {"fold": self.fold}
+        for split in ("train", "val", "test"):
+            days = dates[self.indices[split]]
+            spans[split] = {
+                "first": str(days.min()) if len(days) else None,
+                "last": str(days.max()) if len(days) else None,
+                "rows": len(days),
+            }
+        return spans
 
     def split(self, y: np.ndarray) -> dict[str, np.ndarray]:
         if self.folds == "shuffled":

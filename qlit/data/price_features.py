@@ -1,4 +1,4 @@
-"""Features of daily price bars, each day's computed from that day's bars and earlier ones only.
+"""Daily price bars: a table's bar columns and dates, and the features of each day from its bars and earlier ones.
 
 The features and their names are listed in `qlit.data.equity`'s docstring.
 """
@@ -7,6 +7,64 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+from qlit.data.tables import Table
+from qlit.errors import QlitError
+
+OPTIONAL = ("open", "high", "low", "volume")
+
+
+def match_columns(table: Table, price_column: str) -> dict[str, str]:
+    """Role -> column name (``date``, ``close``, optional ones), matched case-insensitively.
+
+    Args:
+        table: A table of daily bars.
+        price_column: The column of closes (``close`` role), e.g. ``"adj close"``.
+    """
+    by_lower: dict[str, str] = {}
+    for name in table.columns:
+        key = name.strip().lower()
+        if key in by_lower:
+            raise QlitError(f"{table.source}: columns {by_lower[key]!r} and {name!r} differ only in case")
+        by_lower[key] = name
+    roles = {"date": "date", "close": price_column.strip().lower()}
+    found = {}
+    for role, key in roles.items():
+        if key not in by_lower:
+            table.require(key, f"the {role} column")
+        found[role] = by_lower[key]
+    for role in (*OPTIONAL, "symbol"):
+        if role in by_lower:
+            found[role] = by_lower[role]
+    return found
+
+
+def parse_dates(table: Table, name: str, date_format: str | None) -> np.ndarray:
+    """Column ``name`` of ``table`` as ``datetime64[ns]`` (time zones dropped); every row must hold a date.
+
+    Args:
+        table: A table of daily bars.
+        name: The date column.
+        date_format: ``strftime`` format of the dates, or ``None`` to infer it from the first date.
+    """
+    import pandas as pd
+
+    column = table.frame[name]
+    try:
+        parsed = pd.to_datetime(column, format=date_format, errors="coerce")
+    except (ValueError, TypeError) as err:
+        raise QlitError(f"{table.source}: column {name!r} does not hold dates ({err})") from None
+    bad = parsed.isna().to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        value = column.iloc[row]
+        what = "missing date" if pd.isna(value) else f"{value!r} is not a date"
+        fmt = f" in the format {date_format!r}" if date_format else " like the first date"
+        raise QlitError(f"{table.source}: {table.where(row)}, column {name!r}: {what}"
+                        + ("" if pd.isna(value) else fmt))
+    if getattr(parsed.dt, "tz", None) is not None:
+        parsed = parsed.dt.tz_localize(None)
+    return parsed.to_numpy(dtype="datetime64[ns]")
 
 
 def feature_names(lags: int, rolling_window: int, present: set[str]) -> list[str]:

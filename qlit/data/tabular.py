@@ -11,13 +11,29 @@ import torch
 from torch.utils.data import TensorDataset
 
 from qlit.data.base import KFoldDataModule, _sha256
+from qlit.data.given_split import (
+    check_given_rows,
+    check_given_split,
+    given_split_identity,
+    given_split_rows,
+    given_split_source,
+    read_given_split,
+)
 from qlit.data.preprocessing import Preprocessor
 from qlit.data.sampling import TensorLoader
+from qlit.data.table_columns import (
+    boolean_columns,
+    check_boolean_features,
+    choose_classes,
+    choose_features,
+    choose_id_column,
+    few,
+    row_names,
+)
 from qlit.data.tables import BUILTIN, Table, read_table
 from qlit.errors import QlitError
 
 IMPUTE_HINT = " (fill it in, drop the row, or set impute: mean to fill with the training rows' mean)"
-_ANNOUNCED: set[tuple[str, str | None]] = set()  # (table, id column) notices already printed by this process
 
 
 class TabularDataModule(KFoldDataModule):
@@ -35,8 +51,8 @@ class TabularDataModule(KFoldDataModule):
     Args:
         path: ``.csv``, ``.tsv``, ``.parquet`` file, or a built-in table such as ``sklearn:breast_cancer``.
         target: The label column. Labels may be strings or integers.
-        features: Feature columns, in order; default every numeric column except ``target`` and
-            ``id_column``.
+        features: Feature columns, in order; default every numeric column except ``target``,
+            ``id_column`` and ``split_column``.
         id_column: Column of sample names, the ``id`` of predictions. Default: the first column that is
             neither a feature nor the target and holds a different value in every row (a notice says
             which), else the row number from 0.
@@ -45,8 +61,20 @@ class TabularDataModule(KFoldDataModule):
         impute: ``None`` (or ``"error"``): no imputation, a missing feature value is an error naming its
             row and column; ``"mean"``: it is filled with that column's mean over the split's training
             rows (under ``inner_folds``, the inner training rows), fit with the rest of the preprocessing.
+        split_column: A column of ``train``/``test`` values (any case, blanks stripped): the table's own
+            test rows. Never a feature. Not with ``test_file``.
+        test_file: A second table with the same columns as ``path``, read the same way: its rows are the
+            given test rows, placed after ``path``'s. Not with ``split_column``.
+        test_rows: With a given split (either of the above), ``"given"`` (the default then): the given test
+            rows test and the given training rows train and validate (``val_fraction``; ``num_folds`` and
+            ``fold`` unused); ``"fold"``: fold ``fold`` of ``num_folds`` over the given training rows only
+            (``qlit cv``'s folds), the given test rows in no split. Without a given split only ``"fold"``
+            (the default then) is allowed.
         **kwargs: Split, batch and predict options of `KFoldDataModule`. ``predict_file`` is a table
             whose feature columns are matched by name (extra columns are ignored and reported).
+
+    Under ``inner_folds`` (``qlit tune``) the inner folds split the outer training and validation rows, so
+    the given test rows are never in them either.
     """
 
     def __init__(
@@ -58,10 +86,11 @@ class TabularDataModule(KFoldDataModule):
         classes: list[str | int] | None = None,
         n_components: int | None = None,
         impute: str | None = "error",
+        split_column: str | None = None,
+        test_file: str | None = None,
+        test_rows: str | None = None,
         **kwargs,
     ) -> None:
-        import pandas as pd
-
         if impute not in (None, "error", "mean"):
             raise QlitError(
                 f"impute must be null (no imputation: a missing value is an error) or 'mean', got {impute!r}"
@@ -72,13 +101,19 @@ class TabularDataModule(KFoldDataModule):
                 f"id_column {id_column!r} is the target column: the ids of predictions would be the labels; "
                 "name a column of sample names, or leave id_column unset"
             )
+        given = check_given_split(split_column, test_file, test_rows, target, id_column)
         self.path = str(path)
         self.target = target
         self.id_column = id_column
         self._chosen_id_column = id_column
         self.n_components = n_components
         self.impute = impute
-        self.row_ids: np.ndarray | None = None
+        self.split_column = split_column
+        self.test_file = str(test_file) if test_file is not None else None
+        self.test_rows = test_rows or ("given" if given else "fold")
+        self._ids: np.ndarray | None = None  # row_ids(): the id of each row of x
+        self._given_test: np.ndarray | None = None  # with a given split: whether each row of x is a given test row
+        self._all_test: np.ndarray | None = None  # the same for every row of the table(s), before `classes` keeps some
         self._raw_x: np.ndarray | None = None  # the features as read: NaN where impute: mean fills a gap
         self._boolean_features: list[str] | None = None
         self._new_table: Table | None = None
@@ -89,6 +124,7 @@ class TabularDataModule(KFoldDataModule):
         if predict_file is not None and self.path not in BUILTIN and not Path(self.path).exists():
             # Predicting new rows needs no training table: classes, features and sizes come from the checkpoint.
             # Without num_features, num_classes and class_names the CLI builds the model from the checkpoint.
+            self._tables: list[Table] = []
             self._table = None
             self._labels = None
             self.feature_columns = [str(f) for f in features] if features is not None else None
@@ -98,48 +134,31 @@ class TabularDataModule(KFoldDataModule):
         table.require(target, "the target")
         if id_column is not None:
             table.require(id_column, "the id_column")
-        if features is None:
-            features = [c for c in table.columns if c not in (target, id_column) and table.is_numeric(c)]
-            if not features:
-                raise QlitError(f"{table.source}: no numeric column besides the target {target!r} to use as a feature")
-        else:
-            features = [str(f) for f in features]
-            if not features or len(set(features)) != len(features):
-                raise QlitError(f"features must name at least one column, each once, got {features}")
-            for name in features:
-                table.require(name, "a feature")
-                if name in (target, id_column):
-                    raise QlitError(f"features must not include the target or id column, got {name!r}")
-        labels, names = _labels(table, target)
-        if classes is None:
-            chosen = names
-        else:
-            chosen = [str(c) for c in classes]
-            unknown = [c for c in chosen if c not in names]
-            if unknown:
-                raise QlitError(
-                    f"{table.source}: class {unknown[0]!r} is not in column {target!r} (it holds {_few(names)})"
-                )
-            if len(set(chosen)) != len(chosen):
-                raise QlitError(f"classes must name each class once, got {chosen}")
-        if len(chosen) < 2:
-            raise QlitError(
-                f"{table.source}: column {target!r} holds a single class {chosen[0]!r}; a classifier needs at least two"
-            )
+        tables, is_test = read_given_split(table, self.path, split_column, self.test_file)
+        features = choose_features(table, features, target, id_column, split_column)
+        labels, chosen = choose_classes(tables, target, classes)
         if n_components is not None and not 1 <= n_components <= len(features):
             raise QlitError(f"n_components must be in 1..{len(features)}, the number of features; got {n_components!r}")
+        if given:
+            self._all_test = is_test
+            check_given_rows(is_test, np.isin(labels, chosen), tables, split_column)
         if id_column is None:
-            self._chosen_id_column = _unique_column(table, [target, *features])
-            _announce_id(table.source, self._chosen_id_column)
+            self._chosen_id_column = choose_id_column(tables, [target, *features, split_column])
         self.feature_columns = features
-        self._boolean_features = [c for c in features if pd.api.types.is_bool_dtype(table.frame[c])]
+        self._boolean_features = boolean_columns(table, features)
         self.class_names = chosen
         self.num_classes = len(chosen)
         self.raw_features = len(features)
         self.num_features = n_components or len(features)
+        self._tables = tables
         self._table = table
         self._labels = labels
         super().__init__(**kwargs)
+
+    @property
+    def given_split(self) -> bool:
+        """Whether the table comes with its own test rows (``split_column`` or ``test_file``)."""
+        return self.split_column is not None or self.test_file is not None
 
     @property
     def predict_only(self) -> bool:
@@ -181,8 +200,49 @@ class TabularDataModule(KFoldDataModule):
             self.x = np.where(np.isnan(self._raw_x), self.impute_means, self._raw_x)
 
     def data_sha256(self) -> str:
-        """Hex SHA-256 of the features as read (gaps as NaN, whichever rows fill them) and the labels."""
-        return _sha256(self._raw_x if self._raw_x is not None else self.x, self.y)
+        """Hex SHA-256 of the features as read (gaps as NaN, whichever rows fill them), the labels and the given split.
+
+        With a given split, which rows are the given test rows is part of the data; ``test_rows`` is not (the
+        folds of ``qlit cv`` and the model refit on every training row share one identity of the data).
+        """
+        x = self._raw_x if self._raw_x is not None else self.x
+        if self._given_test is None:
+            return _sha256(x, self.y)
+        return _sha256(x, self.y, self._given_test)
+
+    def split(self, y: np.ndarray) -> dict[str, np.ndarray]:
+        """Row indices of ``train``, ``val`` and ``test``; with a given split, no given test row trains or validates.
+
+        ``test_rows: given``: the given test rows test; the given training rows are split into training and
+        validation rows (stratified ``val_fraction``, ``split_seed``), ``num_folds`` and ``fold`` unused.
+        ``test_rows: fold``: fold ``fold`` of the stratified k-fold split of the given training rows only (the
+        folds of ``qlit cv``); the given test rows are in no split. Without a given split: `KFoldDataModule.split`.
+        """
+        if self._given_test is None:
+            return super().split(y)
+        return given_split_rows(
+            y, self._given_test, self.test_rows, self.class_names, self.num_folds, self.fold, self.val_fraction,
+            self.split_seed, self.source_name(),
+        )
+
+    def split_identity(self) -> dict[str, Any]:
+        """`KFoldDataModule.split_identity`, plus the given split: its source, ``test_rows`` and its test rows."""
+        identity = super().split_identity()
+        if self._given_test is not None:
+            identity["given_split"] = given_split_identity(
+                self.split_column, self.test_file, self.test_rows, self._given_test
+            )
+        return identity
+
+    def row_ids(self) -> list[str]:
+        """The id of each row of ``x`` (out-of-fold predictions): the id column's value, else the row number.
+
+        Row numbers count the data rows of ``path`` from 0, then go on through those of ``test_file``. Needs
+        `setup` first.
+        """
+        if self._ids is None:
+            raise RuntimeError("row_ids() needs setup() first")
+        return [str(i) for i in self._ids]
 
     def source_name(self) -> str:
         return f"{self.path} (column {self.target!r})"
@@ -194,6 +254,7 @@ class TabularDataModule(KFoldDataModule):
             "features": list(self.feature_columns),
             "classes": list(self.class_names),
             "impute": self.impute,
+            **given_split_source(self.split_column, self.test_file),
         }
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
@@ -202,16 +263,21 @@ class TabularDataModule(KFoldDataModule):
                 f"data file not found: {self.path} (only qlit predict with --ckpt_path and a predict_file works "
                 "without the training table)"
             )
-        table = self._table
         keep = np.isin(self._labels, self.class_names)
         rows = np.flatnonzero(keep)
         missing = "keep" if self.impute == "mean" else "error"
-        x = np.column_stack([table.numbers(c, missing=missing, hint=IMPUTE_HINT) for c in self.feature_columns])[rows]
+        parts = [  # with a test_file: the training table's rows, then the test file's
+            np.column_stack([t.numbers(c, missing=missing, hint=IMPUTE_HINT) for c in self.feature_columns])
+            for t in self._tables
+        ]
+        x = np.concatenate(parts)[rows]
         y = np.array([self.class_names.index(v) for v in self._labels[rows]], dtype=np.int64)
         if self._chosen_id_column is not None:
-            self.row_ids = table.frame[self._chosen_id_column].astype(str).to_numpy()[rows]
+            ids = np.concatenate([t.frame[self._chosen_id_column].astype(str).to_numpy() for t in self._tables])
+            self._ids = ids[rows]
         else:
-            self.row_ids = rows.astype(str)  # the row's position among the file's data rows, from 0
+            self._ids = rows.astype(str)  # the row's position among the data rows (path's, then test_file's), from 0
+        self._given_test = self._all_test[rows] if self._all_test is not None else None
         # Gaps stay NaN: the preprocessing fills them with means of the split's training rows only (it is fit
         # on exactly those), and keeps the means even when nothing is missing here (a predict file may miss values).
         return x, y
@@ -233,8 +299,6 @@ class TabularDataModule(KFoldDataModule):
 
     def _predict_features(self) -> np.ndarray:
         """The predict table's raw features under the checkpoint's columns, imputation and id column."""
-        import pandas as pd
-
         if self._new_x is not None:
             return self._new_x
         table = self._new_table
@@ -244,12 +308,7 @@ class TabularDataModule(KFoldDataModule):
             table.require(name, "a feature the model was trained on")
         id_column = self._chosen_id_column
         if self._boolean_features is not None:  # checkpoints of older qlit versions do not say
-            for name in self.feature_columns:
-                if pd.api.types.is_bool_dtype(table.frame[name]) and name not in self._boolean_features:
-                    raise QlitError(
-                        f"{table.source}: column {name!r} holds True/False, but the model was trained on numbers in "
-                        f"it (from {self.path}); give the numbers it was trained on"
-                    )
+            check_boolean_features(table, self.feature_columns, self._boolean_features, self.path)
         missing = "keep" if self.impute == "mean" else "error"
         x = np.column_stack([table.numbers(c, missing=missing, hint=IMPUTE_HINT) for c in self.feature_columns])
         if np.isnan(x).any():  # impute: mean, with the training rows' means the checkpoint holds
@@ -262,20 +321,17 @@ class TabularDataModule(KFoldDataModule):
                     "checkpoint holds no training means to impute it with (saved by an older qlit); fill it in"
                 )
             x = np.where(np.isnan(x), self.impute_means, x)
-        if id_column is not None and id_column in table.columns:
-            ids = table.frame[id_column].astype(str).tolist()
-        else:
-            ids = [str(i) for i in range(len(table.frame))]
+        ids = row_names(table, id_column)
         ignored = [c for c in table.columns if c not in self.feature_columns and c != id_column]
         if ignored and "ignored" not in self._reported:  # said once the file is found good: an error stays one line
             self._reported.add("ignored")
-            print(f"qlit: {table.source}: ignoring columns that are not features: {_few(ignored)}", file=sys.stderr)
+            print(f"qlit: {table.source}: ignoring columns that are not features: {few(ignored)}", file=sys.stderr)
         self._new_ids, self._new_x = ids, x
         return x
 
     def predict_dataloader(self) -> TensorLoader:
         if self._new_table is None:
-            return self._test_fold_loader(self.row_ids[self.indices["test"]])
+            return self._test_fold_loader(self._ids[self.indices["test"]])
         self.ensure_fitted()
         x = self._predict_features()
         self.predict_ids = list(self._new_ids)
@@ -332,59 +388,3 @@ class TabularDataModule(KFoldDataModule):
             self.num_features = self.preprocessor.state["scale_mean"].numel()
         self._new_x = None  # shaped again under this state
 
-
-def _unique_column(table: Table, used: list[str]) -> str | None:
-    """The first column besides ``used`` holding a different, present, non-fractional value in every row."""
-    import pandas as pd
-
-    for name in table.columns:
-        column = table.frame[name]
-        if name in used or pd.api.types.is_float_dtype(column) or pd.api.types.is_bool_dtype(column):
-            continue  # measurements are unique by chance, not names
-        if column.notna().all() and column.astype(str).str.strip().is_unique:
-            return name
-    return None
-
-
-def _announce_id(source: str, name: str | None) -> None:
-    """Say once per table which column names the samples (stdout: it is a notice, not an error)."""
-    key = (source if source in BUILTIN else str(Path(source).resolve()), name)
-    if key in _ANNOUNCED:  # e.g. the folds of one qlit cv
-        return
-    _ANNOUNCED.add(key)
-    if name is not None:
-        print(f"qlit: using column {name!r} as the sample id (set data.id_column to choose)")
-    else:
-        print(f"qlit: {source} has no column of unique sample names; ids are row numbers from 0 "
-              "(set data.id_column to choose)")
-
-
-def _labels(table: Table, target: str) -> tuple[np.ndarray, list[str]]:
-    """The target column as strings, and its distinct values sorted (integers by value)."""
-    import pandas as pd
-
-    column = table.frame[target]
-    missing = column.isna().to_numpy()
-    if missing.any():
-        row = int(np.flatnonzero(missing)[0])
-        raise QlitError(f"{table.source}: {table.where(row)}, column {target!r}: missing label")
-    if pd.api.types.is_bool_dtype(column):
-        column = column.astype(int)
-    if pd.api.types.is_numeric_dtype(column):
-        values = column.to_numpy(dtype=np.float64)
-        fractional = values != np.round(values)
-        if fractional.any():
-            row = int(np.flatnonzero(fractional)[0])
-            raise QlitError(
-                f"{table.source}: {table.where(row)}, column {target!r}: label {values[row]} is neither a string "
-                "nor an integer"
-            )
-        ints = values.astype(np.int64)
-        return np.array([str(v) for v in ints]), [str(v) for v in sorted(set(ints.tolist()))]
-    labels = np.array([str(v).strip() for v in column.tolist()])
-    return labels, sorted(set(labels.tolist()))
-
-
-def _few(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(repr(n) for n in names[:limit])
-    return shown + (f", … ({len(names)} in all)" if len(names) > limit else "")

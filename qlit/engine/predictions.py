@@ -16,27 +16,30 @@ import torch
 
 @dataclass(frozen=True)
 class Predictions:
-    """The predicted classes of one pass, beside the true labels when the rows have them.
+    """The predicted classes and class probabilities of one pass, beside the true labels when the rows have them.
 
     Attributes:
         predicted: Class index of each row, by the model's rule (`HybridClassifier.predicted_classes`).
         labels: True class of each row, or ``None`` for new samples.
         num_classes: How many classes the model tells apart.
+        probabilities: ``(rows, num_classes)`` class probabilities of the same pass, float64.
     """
 
     predicted: np.ndarray
     labels: np.ndarray | None
     num_classes: int
+    probabilities: np.ndarray | None = None
 
     @classmethod
     def from_logits(cls, model: Any, logits: torch.Tensor, labels: Any = None) -> Predictions:
         """Predictions from logits a caller collected (a Lightning test pass), by ``model``'s rule."""
         predicted = model.predicted_classes(logits).cpu().numpy()
+        probabilities = model.class_probabilities(logits.detach()).cpu().double().numpy()
         if labels is not None:
             labels = np.asarray(labels)
             if len(labels) != len(predicted):
                 raise ValueError(f"{len(predicted)} predictions for {len(labels)} labelled rows")
-        return cls(predicted, labels, int(model.hparams.num_classes))
+        return cls(predicted, labels, int(model.hparams.num_classes), probabilities)
 
     def accuracy(self) -> float:
         """The fraction of rows predicted right, an exact ratio (``nan`` without rows)."""
@@ -69,5 +72,8 @@ def predict(model: Any, loader: Any) -> Predictions:
         logits.append(model(batch[0].float()))
         labels.append(batch[1])
     if not logits:
-        return Predictions(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), int(model.hparams.num_classes))
+        num_classes = int(model.hparams.num_classes)
+        return Predictions(
+            np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), num_classes, np.zeros((0, num_classes))
+        )
     return Predictions.from_logits(model, torch.cat(logits), torch.cat(labels).numpy())

@@ -8,11 +8,13 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix, log_loss
 
-from qlit.evaluation.stats import METRIC
+from qlit.evaluation.metrics import scores
 
 BASELINES = {
     "classical_twin": "classical twin",
     "logistic_regression": "logistic regression",
+    "svm_rbf": "RBF SVM",
+    "gradient_boosting": "gradient boosting",
     "majority_class": "majority class",
 }
 TWIN_MODEL = "HybridClassifier(core='classical'): Linear(n_qubits, n_qubits) + tanh instead of the circuit"
@@ -25,6 +27,41 @@ LOGISTIC_INNER_C_MODEL = (
 MAJORITY_MODEL = "always the most frequent class of the fold's training rows (the base rate to beat)"
 
 
+def scored(data, fitted: dict[str, Any]) -> dict[str, Any]:
+    """A baseline's test record: every score of its ``probabilities`` and ``predicted`` on the fold's test rows.
+
+    Args:
+        data: The set-up data module the baseline was fit on.
+        fitted: What a baseline function returned: ``probabilities`` ``(n_test, num_classes)``, ``predicted`` and
+            anything it chose (``C``, ...).
+
+    Returns:
+        The scores, ``n_test``, the confusion matrix and ``fitted``'s other keys; the arrays stay under
+        ``probabilities`` and ``predicted`` (the out-of-fold table takes them; `without_arrays` drops them).
+    """
+    test_y = data.labels("test")
+    predicted = np.asarray(fitted["predicted"], dtype=np.int64)
+    labels = list(range(data.num_classes))
+    return {
+        **scores(test_y, fitted["probabilities"], predicted),
+        **fitted,
+        "n_test": len(test_y),
+        "confusion_matrix": confusion_matrix(test_y, predicted, labels=labels).tolist(),
+    }
+
+
+def without_arrays(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` without its per-row ``probabilities`` and ``predicted`` (for JSON summaries)."""
+    return {k: v for k, v in record.items() if k not in ("probabilities", "predicted")}
+
+
+def class_columns(estimator: Any, probabilities: np.ndarray, num_classes: int) -> np.ndarray:
+    """scikit-learn's ``predict_proba`` columns (``estimator.classes_``) placed at class indices 0..num_classes-1."""
+    full = np.zeros((len(probabilities), num_classes))
+    full[:, np.asarray(estimator.classes_, dtype=np.int64)] = probabilities
+    return full
+
+
 def logistic_regression(data, C: float = 1.0) -> dict[str, Any]:
     """Fit scikit-learn's logistic regression on the fold's preprocessed training rows; test it.
 
@@ -32,17 +69,11 @@ def logistic_regression(data, C: float = 1.0) -> dict[str, Any]:
         data: A set-up data module; its ``features``/``labels`` are what the hybrid saw.
         C: Inverse regularisation strength (scikit-learn's default 1 in ``qlit cv``).
     """
-    train_x, train_y = data.features("train"), data.labels("train")
-    test_x, test_y = data.features("test"), data.labels("test")
-    lr = LogisticRegression(C=C, max_iter=5000).fit(train_x, train_y)
-    probs = lr.predict_proba(test_x)
-    predicted = lr.classes_[probs.argmax(1)]
-    return {
-        METRIC: float((predicted == test_y).mean()),
-        "test_loss": float(log_loss(test_y, probs, labels=list(lr.classes_))),
-        "n_test": len(test_y),
-        "confusion_matrix": confusion_matrix(test_y, predicted, labels=list(range(data.num_classes))).tolist(),
-    }
+    lr = LogisticRegression(C=C, max_iter=5000).fit(data.features("train"), data.labels("train"))
+    probabilities = class_columns(lr, lr.predict_proba(data.features("test")), data.num_classes)
+    record = scored(data, {"probabilities": probabilities, "predicted": probabilities.argmax(1)})
+    record["test_loss"] = record["test_log_loss"]
+    return record
 
 
 def logistic_regression_inner_c(outer, inner: list, grid: tuple[float, ...] = C_GRID) -> dict[str, Any]:
@@ -58,31 +89,34 @@ def logistic_regression_inner_c(outer, inner: list, grid: tuple[float, ...] = C_
     """
     losses = {}
     for c in grid:
-        scores = []
+        fold_losses = []
         for data in inner:
             lr = LogisticRegression(C=c, max_iter=5000).fit(data.features("train"), data.labels("train"))
             probs = lr.predict_proba(data.features("val"))
-            scores.append(log_loss(data.labels("val"), probs, labels=list(lr.classes_)))
-        losses[c] = float(np.mean(scores))
+            fold_losses.append(log_loss(data.labels("val"), probs, labels=list(lr.classes_)))
+        losses[c] = float(np.mean(fold_losses))
     best = min(grid, key=lambda c: losses[c])
     return {
-        **logistic_regression(outer, C=best),
+        **without_arrays(logistic_regression(outer, C=best)),
         "C": best,
         "inner_val_log_loss": {str(c): v for c, v in losses.items()},
     }
 
 
 def majority_class(data) -> dict[str, Any]:
-    """The constant classifier: the training rows' most frequent class, scored on the test fold."""
+    """The constant classifier: the training rows' most frequent class, scored on the test fold.
+
+    Its class probabilities are the training rows' class shares (the prior), so its log-loss, Brier score and
+    AUROC (0.5) are the ones a model that ignores the features gets.
+    """
     train, test = data.labels("train"), data.labels("test")
-    constant = int(np.bincount(train, minlength=data.num_classes).argmax())
+    train_counts = np.bincount(train, minlength=data.num_classes)
+    constant = int(train_counts.argmax())
     test_counts = np.bincount(test, minlength=data.num_classes)
-    predicted = np.full(len(test), constant)
+    prior = np.tile(train_counts / train_counts.sum(), (len(test), 1))
     return {
-        METRIC: float((test == constant).mean()),
+        **scored(data, {"probabilities": prior, "predicted": np.full(len(test), constant)}),
         "predicted_class": data.class_names[constant],
-        "n_test": len(test),
         "test_base_rate": float(test_counts.max() / len(test)),
         "test_class_shares": {name: float(c / len(test)) for name, c in zip(data.class_names, test_counts)},
-        "confusion_matrix": confusion_matrix(test, predicted, labels=list(range(data.num_classes))).tolist(),
     }

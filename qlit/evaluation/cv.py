@@ -21,21 +21,30 @@ The folds are `FoldJob`s handed to `qlit.engine.runner.run_jobs`: serial by defa
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 from jsonargparse import Namespace
 
 from qlit.commands import CVOptions
 from qlit.engine.runner import connect, needs_ray, run_jobs, shutdown
 from qlit.errors import QlitError
-from qlit.evaluation.baselines import BASELINES, LOGISTIC_MODEL, MAJORITY_MODEL, TWIN_MODEL
+from qlit.evaluation.baselines import BASELINES
+from qlit.evaluation.cv_resume import (
+    check_same_settings,
+    finished_result,
+    fold_selection,
+    result_path,
+    resumable_folder,
+    save_result,
+    set_aside,
+)
+from qlit.evaluation.cv_summary import given_test_summary, summarize, trading_summary
 from qlit.evaluation.folds import FoldJob, check_fold_config, run_fold, tensorboard_args
 from qlit.evaluation.report import write_cv_report
-from qlit.evaluation.stats import CI_NOTE, METRIC, STD_NOTE, paired, with_stats
-from qlit.io.provenance import provenance
+from qlit.evaluation.stats import METRIC
 from qlit.io.runs import claim_file
 
 FOLD_KEYS = ("seed_everything", "trainer", "model", "data")
@@ -47,6 +56,7 @@ def _taken(folder: Path) -> bool:
         any(folder.glob("cv_summary*.json"))
         or any(folder.glob("cv_config*.yaml"))
         or any(folder.glob("fold_*"))
+        or any(folder.glob("repeat_*"))
         or (folder / "classical_twin").exists()
     )
 
@@ -87,6 +97,12 @@ def prepared(config: Namespace, command: str = "qlit cv") -> tuple[Namespace, Na
             f"got {logger.get('name')!r}"
         )
     return config, logger
+
+
+def data_module_class(config: Namespace) -> type:
+    """The class the config's ``data.class_path`` names."""
+    module, _, name = config.data.class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def data_module(config: Namespace) -> Any:
@@ -130,59 +146,17 @@ def twin_of(config: Namespace) -> Namespace:
     return twin
 
 
-def fold_line(k: int, num_folds: int, results: dict[str, dict[str, Any]]) -> str:
-    """The one line printed per finished fold."""
-    hybrid = results["hybrid"]["record"]
-    parts = [f"{METRIC} hybrid {hybrid[METRIC]:.3f}", f"classical twin {results['twin']['record'][METRIC]:.3f}"]
-    parts += [f"{BASELINES[b]} {results['hybrid'][b][METRIC]:.3f}" for b in ("logistic_regression", "majority_class")]
-    return f"fold {k + 1}/{num_folds} (n_test {hybrid['n_test']}): " + " | ".join(parts)
-
-
-def _data_identity(config: Namespace, folds: list[dict[str, Any]]) -> dict[str, Any]:
-    """The data every fold was cut from: its module, settings and one SHA-256 (checked to be the same for all)."""
-    hashes = {record["data_sha256"] for record in folds}
-    if len(hashes) != 1:
-        raise RuntimeError(f"the folds were trained on different data ({len(hashes)} different hashes)")
-    settings = {k: v for k, v in vars(config.data.init_args).items() if isinstance(v, (str, int, float, bool, list))}
-    return {"data_module": config.data.class_path, "data_sha256": hashes.pop(), "settings": settings}
-
-
-def summarize(name: str, cv_dir: Path, config: Namespace, per_fold: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """The ``cv_summary.json`` content from each fold's hybrid and twin results."""
-    hybrid, twin, logistic, majority = [], [], [], []
-    for k, results in enumerate(per_fold):
-        h, t = results["hybrid"], results["twin"]
-        if h["test_indices"] != t["test_indices"]:
-            raise RuntimeError(f"fold {k}: the classical twin was tested on other rows than the hybrid")
-        record = {**h["record"], "test_indices": h["test_indices"]}
-        record["test_base_rate"] = h["majority_class"]["test_base_rate"]
-        hybrid.append(record)
-        twin.append(t["record"])
-        logistic.append(h["logistic_regression"])
-        majority.append(h["majority_class"])
-    return {
-        "metric": METRIC,
-        "experiment": name,
-        "cv_dir": str(cv_dir),
-        "num_folds": len(per_fold),
-        "data": config.data.class_path,
-        "class_names": per_fold[0]["hybrid"]["class_names"],
-        "seed_everything": config.get("seed_everything"),
-        "checkpoint": per_fold[0]["hybrid"]["checkpoint"],
-        "provenance": provenance(_data_identity(config, hybrid)),
-        "std": STD_NOTE,
-        "ci95_method": CI_NOTE,
-        **with_stats(hybrid),
-        "test_loss_mean": float(np.mean([r["test_loss"] for r in hybrid])),
-        "baselines": {
-            "classical_twin": {**with_stats(twin), "model": TWIN_MODEL},
-            "logistic_regression": {**with_stats(logistic), "model": LOGISTIC_MODEL},
-            "majority_class": {**with_stats(majority), "model": MAJORITY_MODEL},
-        },
-        "paired_differences": {
-            f"hybrid_minus_{b}": paired(hybrid, records) for b, records in zip(BASELINES, (twin, logistic, majority))
-        },
-    }
+def fold_line(fit: tuple[int, int], num_folds: int, repeats: int, results: dict[str, dict[str, Any]]) -> str:
+    """The one line printed per finished fold: every model's accuracy on its test rows."""
+    repeat, k = fit
+    hybrid = results["hybrid"]
+    parts = [
+        f"{METRIC} hybrid {hybrid['record'][METRIC]:.3f}",
+        f"classical twin {results['twin']['record'][METRIC]:.3f}",
+    ]
+    parts += [f"{BASELINES[b]} {hybrid[b][METRIC]:.3f}" for b in BASELINES if b in hybrid]
+    where = f"repeat {repeat + 1}/{repeats}, " if repeats > 1 else ""
+    return f"{where}fold {k + 1}/{num_folds} (n_test {hybrid['record']['n_test']}): " + " | ".join(parts)
 
 
 def cross_validate(config: Namespace, full_config: str, options: CVOptions | None = None) -> dict[str, Any]:
@@ -199,44 +173,119 @@ def cross_validate(config: Namespace, full_config: str, options: CVOptions | Non
     options = options or CVOptions()
     config, logger = prepared(config)
     refuse_tuned_here(config)
+    selected = fold_selection(options.folds, int(config.data.init_args.num_folds))
+    resumed = resumable_folder(logger.save_dir, logger.name) if options.resume else None
     # Ray first: an unreachable --address or RAY_ADDRESS is refused before the cv folder is claimed
     ray, started = None, False
     if needs_ray(options.workers, options.address, options.gpus_per_fold):
         option = "--address" if options.address else "--workers"
         ray, started = connect(options.workers, options.address, option)
     try:
-        return _cross_validate(config, logger, full_config, options)
+        return _cross_validate(config, logger, full_config, options, selected, resumed)
     finally:
         if started:
             shutdown(ray)
 
 
-def _cross_validate(config: Namespace, logger: Namespace, full_config: str, options: CVOptions) -> dict[str, Any]:
+def at_repeat(config: Namespace, repeat: int) -> Namespace:
+    """The config of repeat ``repeat``: split seed and model seed moved on by ``repeat`` (repeat 0 is ``config``)."""
+    config = config.clone()
+    config.data.init_args.split_seed = int(config.data.init_args.get("split_seed") or 0) + repeat
+    seed = config.get("seed_everything")
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        config.seed_everything = seed + repeat
+    return config
+
+
+def given_split(config: Namespace) -> bool:
+    """Whether the config's data come with their own test rows (a table's ``split_column`` or ``test_file``)."""
+    init = config.data.get("init_args") or Namespace()
+    return bool(init.get("split_column") or init.get("test_file"))
+
+
+def with_test_rows(config: Namespace, test_rows: str) -> Namespace:
+    """A copy of ``config`` whose table tests on its given test rows (``given``) or on k-fold test folds (``fold``)."""
+    config = config.clone()
+    config.data.init_args.test_rows = test_rows
+    return config
+
+
+def _cross_validate(
+    config: Namespace,
+    logger: Namespace,
+    full_config: str,
+    options: CVOptions,
+    selected: list[int],
+    resumed: str | None,
+) -> dict[str, Any]:
     num_folds = int(config.data.init_args.num_folds)
-    name = claim_cv_folder(logger.save_dir, logger.name)
-    cv_dir = Path(logger.save_dir) / name
     saved = yaml.safe_load(full_config).get("cv", {})
     saved.pop("config", None)
-    (cv_dir / "cv_config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    if resumed is not None:
+        name = resumed
+        check_same_settings(Path(logger.save_dir) / name / "cv_config.yaml", saved)
+    else:
+        name = claim_cv_folder(logger.save_dir, logger.name)
+        (Path(logger.save_dir) / name / "cv_config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    cv_dir = Path(logger.save_dir) / name
     where = f", {options.workers} at a time on Ray" if options.workers > 1 else ""
     where = f", on the Ray cluster at {options.address}" if options.address else where
-    print(f"qlit cv: {num_folds} folds{where}, logging to {cv_dir}", flush=True)
+    repeats = f" × {options.repeats} repeats" if options.repeats > 1 else ""
+    given = given_split(config)
+    inside = " of the given training rows, then the given test rows" if given else ""
+    which = f"{num_folds} folds"
+    if len(selected) < num_folds:
+        which = f"folds {', '.join(map(str, selected))} of {num_folds}"
+    print(f"qlit cv: {which}{inside}{repeats}{where}, logging to {cv_dir}", flush=True)
 
-    jobs: list[tuple[str, FoldJob]] = []
-    for k in range(num_folds):
-        jobs.append(("hybrid", FoldJob(config, k, name, "hybrid", baselines=True)))
-        jobs.append(("twin", FoldJob(twin_of(config), k, f"{name}/classical_twin", "classical twin")))
-    per_fold: list[dict[str, dict[str, Any]]] = [{} for _ in range(num_folds)]
+    tuned = options.tuned_baselines
+    jobs: list[tuple[str, Any, FoldJob]] = []
+    for r in range(options.repeats):
+        repeat = at_repeat(with_test_rows(config, "fold") if given else config, r)
+        folder = name if options.repeats == 1 else f"{name}/repeat_{r}"
+        for k in selected:
+            jobs.append(("hybrid", (r, k), FoldJob(repeat, k, folder, "hybrid", baselines=True, tuned_baselines=tuned)))
+            jobs.append(("twin", (r, k), FoldJob(twin_of(repeat), k, f"{folder}/classical_twin", "classical twin")))
+    if given:  # one refit on all the training rows, scored once on the given test rows
+        refit = with_test_rows(config, "given")
+        jobs.append(("hybrid", "given", FoldJob(refit, 0, f"{name}/given_test", "hybrid", True, tuned)))
+        jobs.append(
+            ("twin", "given", FoldJob(twin_of(refit), 0, f"{name}/given_test/classical_twin", "classical twin"))
+        )
+    per_fit: dict[Any, dict[str, dict[str, Any]]] = {fit: {} for _, fit, _ in jobs}
+    paths = [result_path(logger.save_dir, job.name, job.fold) for _, _, job in jobs]
+    kept = {i: finished_result(path) for i, path in enumerate(paths)} if resumed is not None else {}
+    kept = {i: result for i, result in kept.items() if result is not None}
+    pending = [i for i in range(len(jobs)) if i not in kept]
+    if resumed is not None:
+        for i in pending:
+            set_aside(paths[i].parent)  # a killed training's files stay, under another name
+        print(f"qlit cv: resuming: {len(kept)} of {len(jobs)} trainings finished, {len(pending)} to run", flush=True)
+
+    def collect(i: int, result: dict[str, Any]) -> None:
+        kind, fit, _ = jobs[i]
+        per_fit[fit][kind] = result
+        if len(per_fit[fit]) == 2 and fit != "given":
+            print(f"qlit cv: {fold_line(fit, num_folds, options.repeats, per_fit[fit])}", flush=True)
+
+    for i, result in kept.items():
+        collect(i, result)
     finished = run_jobs(
-        run_fold, [job for _, job in jobs], options.workers, options.address, options.gpus_per_fold, "--workers"
+        run_fold, [jobs[i][2] for i in pending], options.workers, options.address, options.gpus_per_fold, "--workers"
     )
-    for i, result in finished:
-        kind, job = jobs[i]
-        per_fold[job.fold][kind] = result
-        if len(per_fold[job.fold]) == 2:
-            print(f"qlit cv: {fold_line(job.fold, num_folds, per_fold[job.fold])}", flush=True)
+    for j, result in finished:
+        save_result(paths[pending[j]], result)
+        collect(pending[j], result)
 
-    summary = summarize(name, cv_dir, config, per_fold)
-    paths = write_cv_report(cv_dir, summary)
+    refit_results = per_fit.pop("given", None)
+    summary, oof = summarize(name, cv_dir, config, per_fit, tuned)
+    summary["num_folds"], summary["folds_covered"] = num_folds, selected
+    if refit_results is not None:
+        summary["given_test"] = given_test_summary(refit_results, list(summary["baselines"]))
+    if hasattr(data_module_class(config), "next_day_returns"):
+        trading = trading_summary(data_module(config), per_fit, oof, options.cost_bps)
+        summary["strategy"] = {k: v for k, v in trading.items() if k != "curves"}
+        summary["strategy_curves"] = trading["curves"]
+    paths = write_cv_report(cv_dir, summary, oof)
     print(f"qlit cv: wrote {', '.join(map(str, paths[:-1]))} and {paths[-1]}", flush=True)
     return summary

@@ -25,7 +25,8 @@ from qlit.callbacks.summary import RunSummary
 from qlit.engine.build import build_run
 from qlit.engine.predictions import Predictions
 from qlit.errors import QlitError
-from qlit.evaluation import baselines, plots
+from qlit.evaluation import baselines, plots, tuned_baselines
+from qlit.evaluation.metrics import SCORES, scores
 from qlit.evaluation.stats import METRIC
 from qlit.io.runs import tensorboard_loggers, unused_path
 
@@ -95,6 +96,7 @@ class FoldJob:
         name: The folder below the logger's ``save_dir``; the fold logs to ``<name>/fold_<k>``.
         label: What the report calls this model ("hybrid", "classical twin", ...).
         baselines: Also fit logistic regression and the majority class on the fold's rows.
+        tuned_baselines: With ``baselines``, also an RBF SVM and gradient boosting, tuned on the training rows.
     """
 
     config: Namespace
@@ -102,6 +104,7 @@ class FoldJob:
     name: str
     label: str = "hybrid"
     baselines: bool = False
+    tuned_baselines: bool = False
 
 
 class _Fold:
@@ -146,16 +149,16 @@ class _Fold:
         true = data.labels("test")
         if len(logits) != len(true):
             raise QlitError(f"the test pass scored {len(logits)} of the fold's {len(true)} test rows")
-        predictions = Predictions.from_logits(model, logits, true)
-        self.confusion = predictions.confusion_matrix()
+        self.predictions = Predictions.from_logits(model, logits, true)
+        self.confusion = self.predictions.confusion_matrix()
         self.metrics = {key: float(value) for key, value in tested.items()}
-        # the same predictions' accuracy as an exact ratio (the logged one is float32)
-        self.metrics[METRIC] = predictions.accuracy()
+        # every score from the same predictions, accuracy as an exact ratio (the logged one is float32)
+        self.metrics.update(scores(true, self.predictions.probabilities, self.predictions.predicted))
 
     def record(self) -> dict[str, Any]:
         return {
             "fold": self.fold,
-            METRIC: self.metrics[METRIC],
+            **{key: self.metrics[key] for key in SCORES},
             "test_loss": self.metrics["test_loss"],
             "n_test": len(self.data.indices["test"]),
             "n_train": len(self.data.indices["train"]),
@@ -198,6 +201,15 @@ class _Fold:
         )
         self.log_figure("data/pca", fig, "pca.png")
 
+    def log_scores(self, records: dict[str, dict[str, Any]]) -> None:
+        """Every model's scores on this fold as TensorBoard scalars, ``test_scores/<model>/<score>``."""
+        experiment = self.tensorboard.experiment
+        for model, record in records.items():
+            for key in SCORES:
+                if record.get(key) is not None:
+                    experiment.add_scalar(f"test_scores/{model}/{key}", record[key], self.cli.trainer.global_step)
+        experiment.flush()
+
     def close(self) -> None:
         self.tensorboard.experiment.close()
 
@@ -206,23 +218,42 @@ def run_fold(job: FoldJob) -> dict[str, Any]:
     """Train ``job``'s config on its fold, test the best checkpoint on the fold's test rows.
 
     Returns:
-        Plain data: ``record`` (metrics, sizes, files, confusion matrix), ``test_indices``, ``class_names``,
-        ``checkpoint`` (which checkpoint was tested) and, with ``job.baselines``, the fold's
-        ``logistic_regression`` and ``majority_class`` results.
+        Plain data: ``record`` (scores, sizes, files, confusion matrix), ``test_indices``, ``class_names``,
+        ``checkpoint`` (which checkpoint was tested), ``predictions`` (each model's ``probabilities`` and
+        ``predicted`` classes on the test rows, in ``test_indices`` order) and, with ``job.baselines``, the fold's
+        ``logistic_regression`` and ``majority_class`` records (and more with ``job.tuned_baselines``).
     """
     fold = _Fold(job.config, job.fold, job.name)
     fold.run()
     monitor = fold.cli.trainer.checkpoint_callback.monitor
+    ids = fold.data.row_ids()
+    own = {"probabilities": fold.predictions.probabilities, "predicted": fold.predictions.predicted}
     result: dict[str, Any] = {
         "record": fold.record(),
         "test_indices": fold.data.indices["test"].tolist(),
+        "test_ids": [ids[i] for i in fold.data.indices["test"]],
+        "test_labels": fold.data.labels("test").tolist(),
         "class_names": list(fold.data.class_names),
         "checkpoint": f"best checkpoint by {monitor}" if monitor else "last checkpoint",
+        "predictions": {"model": own},
     }
+    if hasattr(fold.data, "fold_spans"):
+        result["spans"] = fold.data.fold_spans()
     fold.log_confusion_matrix(job.label)
+    logged = {job.label.replace(" ", "_"): result["record"]}
     if job.baselines:
         fold.log_pca()
-        result["logistic_regression"] = {"fold": job.fold, **baselines.logistic_regression(fold.data)}
-        result["majority_class"] = {"fold": job.fold, **baselines.majority_class(fold.data)}
+        fits = {
+            "logistic_regression": baselines.logistic_regression(fold.data),
+            "majority_class": baselines.majority_class(fold.data),
+        }
+        if job.tuned_baselines:
+            seed = int(fold.data.split_seed)
+            fits["svm_rbf"] = baselines.scored(fold.data, tuned_baselines.svm_rbf(fold.data, seed))
+            fits["gradient_boosting"] = baselines.scored(fold.data, tuned_baselines.gradient_boosting(fold.data, seed))
+        for name, fitted in fits.items():
+            result["predictions"][name] = {"probabilities": fitted["probabilities"], "predicted": fitted["predicted"]}
+            result[name] = logged[name] = {"fold": job.fold, **baselines.without_arrays(fitted)}
+    fold.log_scores(logged)
     fold.close()
     return result

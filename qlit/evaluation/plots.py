@@ -87,7 +87,7 @@ def fold_bars_figure(
     """Grouped bars: one group per fold plus a "mean" group, one bar per model (mean bars with ±1 sd)."""
     n_models = len(series)
     labels = [f"fold {k}" for k in folds] + ["mean"]
-    fig = _figure(max(4.5, 1.2 + 0.9 * len(labels)), 4.2)
+    fig = _figure(max(5.5, 1.2 + 0.25 * n_models * len(labels)), 4.6)
     ax = fig.add_subplot()
     width = 0.8 / n_models
     x = np.arange(len(labels))
@@ -101,32 +101,163 @@ def fold_bars_figure(
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(ylabel)
     _title(fig, title)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=n_models, frameon=False)
+    columns = min(n_models, 3)  # six models in one row would be wider than the figure
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=columns, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return fig
 
 
-def tune_scores_figure(trials: Sequence[dict], keys: Sequence[str], score: str, title: str) -> Figure:
-    """One panel per tuned key: each completed trial's score against its value (categories for text values)."""
-    fig = _figure(max(4.0, 3.2 * len(keys)), 3.4)
-    axes = fig.subplots(1, len(keys), squeeze=False)[0]
-    done = [t for t in trials if t.get(score) is not None]
-    for ax, key in zip(axes, keys):
-        values = [t["config"][key] for t in done]
-        scores = [t[score] for t in done]
-        if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            ax.scatter(values, scores, s=18, color=PALETTE[0])
-            if key.endswith(("lr", "weight_decay")) and min(values) > 0:
-                ax.set_xscale("log")
+# How a tuned key's panel places its values, by the key's distribution in the space file (`qlit.evaluation.space`).
+_TUNE_LOG = ("loguniform", "qloguniform", "lograndint", "qlograndint")
+_TUNE_INTEGER = ("randint", "qrandint", "lograndint", "qlograndint")
+_TUNE_CATEGORIES = ("choice", "grid")
+
+
+def tune_scores_figure(
+    trials: Sequence[dict],
+    keys: Sequence[str],
+    score: str,
+    title: str,
+    space: dict[str, tuple[str, Sequence]] | None = None,
+) -> Figure:
+    """One panel per tuned key: every trial's score against its value, stopped and failed trials included.
+
+    A completed trial is a filled dot at its ``score``; one that ASHA stopped is a hollow dot at the val_loss it was
+    stopped at (``val_loss_at_stop``); one without either (failed) is a cross along the panel's top; the best
+    completed trial of each outer fold is a star. Trials are coloured by ``outer_fold`` when they come from several.
+    ``space`` (``{key: (distribution, args)}``) sets each axis: a log scale for ``loguniform``/``lograndint``,
+    whole-number ticks for the ``randint`` kinds, one labelled position per value for ``choice``/``grid`` (in the
+    space's order); without it, text values are categories and ``lr``/``weight_decay`` keys get a log scale.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator, ScalarFormatter
+
+    columns = max(1, min(len(keys), 3))
+    rows = max(1, -(-len(keys) // columns))
+    fig = _figure(max(4.2, 3.4 * columns), 1.0 + 2.8 * rows)
+    axes = list(fig.subplots(rows, columns, squeeze=False).ravel())
+    for ax in axes[len(keys):]:
+        ax.remove()
+    folds = sorted({t.get("outer_fold") for t in trials}, key=str)
+    colour = {k: PALETTE[i % len(PALETTE)] if len(folds) > 1 else PALETTE[0] for i, k in enumerate(folds)}
+    kinds = [_tune_kind(t, score) for t in trials]
+    best = _best_per_fold(trials, kinds, score)
+    for i, key in enumerate(keys):
+        ax = axes[i]
+        shown = [(t, kind) for t, kind in zip(trials, kinds) if key in (t.get("config") or {})]
+        values = [t["config"][key] for t, _ in shown]
+        spec = (space or {}).get(key)
+        axis, log = _tune_axis(key, spec, values)
+        if axis == "category":
+            labels, x = _tune_categories(spec, values)
         else:
-            categories = sorted({str(v) for v in values})
-            ax.scatter([categories.index(str(v)) for v in values], scores, s=18, color=PALETTE[0])
-            ax.set_xticks(range(len(categories)), categories)
-        ax.set_xlabel(key)
+            x = [float(v) for v in values]
+        for (t, kind), xi in zip(shown, x):
+            c = colour[t.get("outer_fold")]
+            if kind == "complete":
+                ax.scatter(xi, t[score], s=22, color=c, zorder=3)
+                if id(t) in best:
+                    ax.scatter(xi, t[score], s=140, marker="*", color=c, edgecolors="black", linewidths=0.6, zorder=4)
+            elif kind == "stopped":
+                ax.scatter(xi, t["val_loss_at_stop"], s=22, facecolors="none", edgecolors=c, zorder=3)
+            else:  # no score: along the top of the panel
+                ax.scatter(xi, 0.96, s=26, marker="x", color=c, transform=ax.get_xaxis_transform(), zorder=3)
+        if axis == "category":
+            ax.set_xticks(range(len(labels)), labels, rotation=30 if sum(map(len, labels)) > 24 else 0)
+            ax.set_xlim(-0.5, len(labels) - 0.5)
+        elif log:
+            ax.set_xscale("log")
+            if axis == "integer" and len(set(x)) <= 8:
+                ax.set_xticks(sorted(set(x)), [str(int(v)) for v in sorted(set(x))])
+                ax.xaxis.set_minor_locator(NullLocator())
+            else:  # 0.01, 0.02, 0.05, 0.1, ... over a decade or two; powers of ten over more
+                decades = np.log10(max(x) / min(x))
+                ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if decades <= 2 else (1.0,)))
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.xaxis.set_minor_formatter(NullFormatter())
+        elif axis == "integer":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+        if any(kind == "none" for _, kind in shown):  # room at the top for the crosses
+            low, high = ax.get_ylim()
+            ax.set_ylim(low, high + 0.15 * (high - low))
+        ax.set_xlabel(key + (" (log)" if log else ""))
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"{score} (lower is better)")
-    _title(fig, title)
+        if i % columns == 0:
+            ax.set_ylabel(f"{score}\n(lower is better)")
+    legend = {
+        "complete": Line2D([], [], marker="o", linestyle="", color="grey", label=f"complete: {score}"),
+        "stopped": Line2D([], [], marker="o", linestyle="", color="grey", markerfacecolor="none",
+                          label="stopped early (ASHA): val_loss when stopped"),
+        "none": Line2D([], [], marker="x", linestyle="", color="grey", label="failed: no score"),
+    }
+    handles = [legend[kind] for kind in ("complete", "stopped", "none") if kind in kinds]
+    if best:
+        handles.append(Line2D([], [], marker="*", linestyle="", markersize=11, color="grey",
+                              markeredgecolor="black", label="best of its search"))
+    if len(folds) > 1:
+        handles += [Line2D([], [], marker="s", linestyle="", color=colour[k], label=f"outer fold {k}") for k in folds]
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False)
+    _title(fig, f"{title} ({len(trials)} trials)")
     return fig
+
+
+def _tune_kind(trial: dict, score: str) -> str:
+    """``complete`` (it has a score), ``stopped`` (ASHA stopped it; it has the val_loss it stopped at), or ``none``."""
+    if _finite(trial.get(score)):
+        return "complete"
+    if str(trial.get("status", "")).startswith("stopped") and _finite(trial.get("val_loss_at_stop")):
+        return "stopped"
+    return "none"
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def _best_per_fold(trials: Sequence[dict], kinds: Sequence[str], score: str) -> set[int]:
+    """The ``id`` of each outer fold's best completed trial (lowest ``score``)."""
+    best: dict[object, dict] = {}
+    for t, kind in zip(trials, kinds):
+        fold = t.get("outer_fold")
+        if kind == "complete" and (fold not in best or t[score] < best[fold][score]):
+            best[fold] = t
+    return {id(t) for t in best.values()}
+
+
+def _tune_axis(key: str, spec: tuple[str, Sequence] | None, values: Sequence) -> tuple[str, bool]:
+    """A tuned key's axis: ``category``, ``integer`` or ``number``, and whether it is on a log scale."""
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    name = spec[0] if spec else None
+    if name in _TUNE_CATEGORIES or not numbers or (name is None and not values):
+        return "category", False
+    positive = bool(values) and min(values) > 0
+    if name is None:  # no space: what the values are
+        integer = all(isinstance(v, int) for v in values)
+        return ("integer" if integer else "number"), positive and key.endswith(("lr", "weight_decay"))
+    return ("integer" if name in _TUNE_INTEGER else "number"), positive and name in _TUNE_LOG
+
+
+def _tune_label(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _tune_categories(spec: tuple[str, Sequence] | None, values: Sequence) -> tuple[list[str], list[float]]:
+    """Tick labels (the space's values in its order, then any other seen) and each value's x, spread a little
+    around its position where several trials share it."""
+    options = list(spec[1]) if spec and spec[0] in _TUNE_CATEGORIES else []
+    labels = list(dict.fromkeys([_tune_label(v) for v in options] + sorted({_tune_label(v) for v in values})))
+    position = {text: i for i, text in enumerate(labels)}
+    seen: dict[str, int] = {}
+    counts = {text: sum(_tune_label(v) == text for v in values) for text in labels}
+    x = []
+    for v in values:
+        text = _tune_label(v)
+        n, k = counts[text], seen.get(text, 0)
+        seen[text] = k + 1
+        x.append(position[text] + (0.0 if n == 1 else 0.3 * (k / (n - 1) - 0.5)))
+    return labels, x
 
 
 def barren_plateau_figure(records: Sequence[dict]) -> Figure:

@@ -18,8 +18,9 @@ saved it (`record_state`, `verify_state`): a file planted in or changed in the r
 Layout, below ``lightning_logs/<experiment>/tune_<n>/``::
 
     tune_config.yaml                the command's config and options
-    outer_<k>/<trial>/inner_<j>/    TensorBoard of every trial's inner folds
-    ray/outer_<k>/, ray/all/        Ray Tune's own results (what --resume restores)
+    outer_<k>/<trial>/inner_<j>/    TensorBoard: one run per trial and inner fold; in the HParams tab its tuned
+                                    keys, trial, outer and inner fold, the trial's score and the fold's best epoch
+    ray/outer_<k>/, ray/all/        Ray Tune's own results (what --resume restores; no TensorBoard copies)
     ray_state.json                  SHA-256 of every file under ray/ when qlit last recorded it, keyed (HMAC)
     tuned/fold_<k>/, untuned/fold_<k>/   the final trainings on outer fold k, tested on its test rows
     tune_summary.json, tune_summary.md, tune_scores.png, best_config.yaml, best_config_fold_<k>.yaml
@@ -44,7 +45,7 @@ from qlit.engine import runner
 from qlit.errors import QlitError
 from qlit.evaluation import plots, tune_trials
 from qlit.evaluation.baselines import LOGISTIC_INNER_C_MODEL, logistic_regression_inner_c
-from qlit.evaluation.cv import FOLD_KEYS, data_module, prepared
+from qlit.evaluation.cv import FOLD_KEYS, data_module, given_split, prepared, with_test_rows
 from qlit.evaluation.folds import FoldJob, run_fold
 from qlit.evaluation.report import short_value, to_json, tune_table
 from qlit.evaluation.space import apply, apply_to_dict, read_space
@@ -96,7 +97,9 @@ def tuned_on_record(config: Namespace, outer_fold: int | None) -> dict[str, Any]
     """``data.tuned_on`` of a config a search chose: the data's SHA-256, the outer fold and the rows it saw."""
     fold = data_module(_at_fold(config, 0 if outer_fold is None else outer_fold))
     rows: str | list[int] = "all"
-    if outer_fold is not None:
+    if outer_fold is None and given_split(config):  # a search over all rows saw the given training rows only
+        fold = data_module(with_test_rows(config, "given"))
+    if outer_fold is not None or given_split(config):
         rows = sorted(int(r) for r in np.concatenate([fold.indices["train"], fold.indices["val"]]))
     return {"data_sha256": fold.data_sha256(), "outer_fold": outer_fold, "rows": rows}
 
@@ -131,6 +134,8 @@ def run_tune(config: Namespace, full_config: str, options: TuneOptions) -> dict[
     space = read_space(options.space, config)
     tune_trials.sampler(space)
     config, logger = prepared(config, "qlit tune")
+    if given_split(config):  # every fold, outer and inner, is cut from the given training rows only
+        config = with_test_rows(config, "fold")
     num_folds = int(config.data.init_args.num_folds)
     if config.data.init_args.get("inner_folds") is not None:
         raise QlitError("qlit tune sets data.inner_folds itself; leave it null in the config")
@@ -342,7 +347,11 @@ def _run_tune(
     md_path = unused_path(folder / "tune_summary.md")
     md_path.write_text(table)
     figure = plots.tune_scores_figure(
-        [t for s in searches for t in s["trials"]], keys, SCORE, f"{name}: trial scores (outer folds)"
+        [{**t, "outer_fold": s["fold"]} for s in searches for t in s["trials"]],
+        keys,
+        SCORE,
+        f"{name}: trial scores (outer folds)",
+        space=space,
     )
     png_path = plots.save_png(figure, unused_path(folder / "tune_scores.png"))
     print("\n" + table, flush=True)

@@ -187,7 +187,10 @@ class HybridClassifier(L.LightningModule):
 
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities, one column per class, for a batch of preprocessed features."""
-        logits = self(x)
+        return self.class_probabilities(self(x))
+
+    def class_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """``forward``'s logits as class probabilities, one column per class."""
         if self.binary:
             p = torch.sigmoid(logits)
             return torch.stack([1 - p, p], dim=-1)

@@ -192,12 +192,25 @@ def test_fit_test_predict_and_int8_export_on_a_price_file(tmp_path):
 
 
 def test_cv_runs_walk_forward_on_the_bundled_sp500(tmp_path):
-    run_cli(["cv", "--config", EQUITY, "--data.init_args.num_folds=2", "--trainer.max_epochs=1"])
+    run_cli(["cv", "--config", EQUITY, "--data.init_args.num_folds=2", "--trainer.max_epochs=1",
+             "--tuned_baselines=false", "--cost_bps=10"])
     summary = json.loads(Path("lightning_logs/equity/cv_summary.json").read_text())
     folds = summary["folds"]
     assert summary["class_names"] == ["down", "up"] and len(folds) == 2
     assert max(folds[0]["test_indices"]) < min(folds[1]["test_indices"])
     assert 0.4 < summary["baselines"]["logistic_regression"]["test_acc_mean"] < 0.6
+    # what a trader reads: each fold's spans in time order, every model's strategies against buy-and-hold
+    strategy = summary["strategy"]
+    assert strategy["cost_bps"] == 10 and strategy["rows"] == sum(f["n_test"] for f in folds)
+    for fold in strategy["folds"]:
+        spans = fold["spans"]
+        assert spans["train"]["last"] < spans["val"]["first"] <= spans["val"]["last"] < spans["test"]["first"]
+    pooled = strategy["pooled"]["strategies"]
+    assert set(pooled["long_flat"]) == {"hybrid", "classical_twin", "logistic_regression", "majority_class"}
+    assert pooled["buy_and_hold"]["days"] == strategy["rows"]
+    assert "strategy_curves" not in summary and Path("lightning_logs/equity/equity_curves.png").is_file()
+    table = Path("lightning_logs/equity/cv_summary.md").read_text()
+    assert "buy and hold" in table and "Sharpe" in table
 
 
 def test_gap_shorter_than_the_horizon_is_refused():

@@ -54,7 +54,7 @@ def test_string_labels_default_features_and_ids(tmp_path):
     dm.setup("fit")
     assert dm.x.shape == (60, 3) and dm.x.dtype == np.float64
     assert list(dm.y[:4]) == [0, 1, 0, 1]
-    assert dm.row_ids[0] == "a0"
+    assert dm.row_ids()[0] == "a0"
     assert dm.split_identity()["source"]["path"] == "a.csv"
 
 
@@ -84,7 +84,7 @@ def test_parquet_tsv_and_bom_csv_read_the_same_table(tmp_path):
         dm.setup("fit")
         assert dm.feature_columns == reference.feature_columns, other
         np.testing.assert_allclose(dm.x, reference.x, rtol=0, atol=1e-12, err_msg=other)
-        assert np.array_equal(dm.y, reference.y) and list(dm.row_ids) == list(reference.row_ids)
+        assert np.array_equal(dm.y, reference.y) and list(dm.row_ids()) == list(reference.row_ids())
     assert read_table("bom.csv").columns[0] == "name", "the byte-order mark must not stick to the first name"
 
 
@@ -200,7 +200,7 @@ def test_cv_reports_hybrid_twin_and_logistic_regression_reading_the_file_once(tm
     monkeypatch.setattr(preprocessing.Preprocessor, "fit", lambda self, x: fits.append(len(x)) or fit(self, x))
 
     run_cli(["cv", "--config", TABULAR, "--data.init_args.path=cancer.csv", "--data.init_args.num_folds=2",
-             "--trainer.max_epochs=1"])
+             "--trainer.max_epochs=1", "--tuned_baselines=false"])
     summary = json.loads(Path("lightning_logs/tabular/cv_summary.json").read_text())
     assert summary["num_folds"] == 2 and summary["class_names"] == ["benign", "malignant"]
     assert summary["baselines"]["logistic_regression"]["test_acc_mean"] > 0.9
@@ -337,13 +337,13 @@ def test_unique_non_feature_column_is_the_sample_id_and_the_choice_is_said(tmp_p
     assert "qlit: using column 'name' as the sample id (set data.id_column to choose)" in capsys.readouterr().out
     assert "name" not in dm.feature_columns and dm.feature_columns == ["weight", "height", "age"]
     dm.setup("fit")
-    assert list(dm.row_ids[:2]) == ["a0", "a1"] and dm.state_dict()["id_column"] == "name"
+    assert list(dm.row_ids()[:2]) == ["a0", "a1"] and dm.state_dict()["id_column"] == "name"
     frame.drop(columns=["name"]).to_csv("b.csv", index=False)
     dm = TabularDataModule(path="b.csv", target="species", num_folds=3)
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "b.csv" in out[0] and "row numbers" in out[0], out
     dm.setup("fit")
-    assert list(dm.row_ids[:2]) == ["0", "1"]
+    assert list(dm.row_ids()[:2]) == ["0", "1"]
 
 
 def test_predict_needs_only_the_checkpoint_and_the_new_file(tmp_path, capfd):
