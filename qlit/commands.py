@@ -171,8 +171,57 @@ class RobustnessOptions:
     split: Literal["val", "test"] = "val"
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """Write a checkpoint as one ONNX model: raw feature rows in, class probabilities out (no torch needed to run it).
+
+    The model holds the checkpoint's preprocessing, the pre-net, the circuit in real arithmetic and the post-net;
+    class and feature names are in its metadata (see docs/shipping.md).
+
+    Attributes:
+        ckpt_path: The checkpoint: ``best``, ``last`` or a file.
+        output: The ONNX file to write (refused if it exists); default: a free ``model.onnx`` in the checkpoint's run
+            folder (``model_1.onnx``, ... if taken).
+        int8: Also write the INT8 variant (ONNX Runtime dynamic quantization of the classical layers) beside it,
+            ``<name>_int8.onnx``.
+    """
+
+    ckpt_path: str | None = None
+    output: str | None = None
+    int8: bool = False
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Serve a checkpoint's ONNX model over HTTP: POST /predict with rows by feature name, GET /health.
+
+    Attributes:
+        ckpt_path: The checkpoint: ``best``, ``last`` or a file.
+        host: Address to listen on; 127.0.0.1 (this machine only) unless you name another.
+        port: Port to listen on.
+        max_rows: Most rows per request, and per batch of concurrent requests.
+        max_body_bytes: Largest request body accepted.
+    """
+
+    ckpt_path: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_rows: int = 1024
+    max_body_bytes: int = 1 << 20
+
+    def check(self) -> None:
+        """Refuse impossible settings before the model is built."""
+        if not 0 <= self.port <= 65535:
+            raise QlitError(f"--port must be in 0..65535, got {self.port}")
+        if self.max_rows < 1:
+            raise QlitError(f"--max_rows must be at least 1, got {self.max_rows}")
+        if self.max_body_bytes < 1:
+            raise QlitError(f"--max_body_bytes must be at least 1, got {self.max_body_bytes}")
+
+
 OPTIONS: dict[str, type] = {
     "cv": CVOptions, "tune": TuneOptions, "diagnose": DiagnoseOptions, "robustness": RobustnessOptions,
+    "export": ExportOptions, "serve": ServeOptions,
 }  # fmt: skip
 
 
@@ -260,3 +309,5 @@ class QlitTrainer(L.Trainer):
     tune = _subcommand(TuneOptions)
     diagnose = _subcommand(DiagnoseOptions)
     robustness = _subcommand(RobustnessOptions)
+    export = _subcommand(ExportOptions)
+    serve = _subcommand(ServeOptions)

@@ -116,6 +116,32 @@ class QlitCLI(RunBuilder):
         print(Path(report["files"]["md"]).read_text(), end="")
         print(f"qlit robustness: wrote {Path(report['files']['md']).parent}", file=sys.stderr)
 
+    def export(self, model: Any, datamodule: Any = None, **options: Any) -> None:
+        """Run ``qlit export``: the resolved checkpoint as an ONNX model (`qlit.export.onnx`)."""
+        from qlit.export.onnx import export_checkpoint
+
+        settings = options_of("export", options)
+        ckpt = self._required_checkpoint("export", settings.ckpt_path)
+        for path in export_checkpoint(ckpt, settings.output, settings.int8, _feature_names(datamodule)):
+            print(f"qlit export: wrote {path} ({path.stat().st_size} bytes)", file=sys.stderr)
+
+    def serve(self, model: Any, datamodule: Any = None, **options: Any) -> None:
+        """Run ``qlit serve``: the resolved checkpoint's ONNX model over HTTP (`qlit.export.server`)."""
+        from qlit.export.onnx import onnx_from_checkpoint, session
+        from qlit.export.server import serve
+
+        settings = options_of("serve", options)
+        settings.check()
+        ckpt = self._required_checkpoint("serve", settings.ckpt_path)
+        proto = onnx_from_checkpoint(self._checkpoint or load_checkpoint(ckpt), ckpt, _feature_names(datamodule))
+        serve(session(proto), settings.host, settings.port, settings.max_rows, settings.max_body_bytes)
+
+    @staticmethod
+    def _required_checkpoint(subcommand: str, ckpt_path: str | None) -> Path:
+        if not ckpt_path:
+            raise QlitError(f"qlit {subcommand} needs a checkpoint: --config <file> --ckpt_path best|last|FILE")
+        return Path(ckpt_path)
+
     def _dumped(self) -> str:
         """The command's whole parsed config as YAML, as the cv and tune reports keep it."""
         return self.parser.dump(self.config, skip_none=False, format="yaml")
@@ -213,6 +239,12 @@ class QlitCLI(RunBuilder):
     def _remove_empty_new_files(self) -> None:
         if self._run_files is not None:
             remove_new_empty_files(*self._run_files)
+
+
+def _feature_names(datamodule: Any) -> list[str] | None:
+    """The raw feature names a data module knows, for an export whose checkpoint holds none."""
+    names = getattr(datamodule, "feature_names", None) or getattr(datamodule, "feature_columns", None)
+    return list(names) if isinstance(names, (list, tuple)) else None
 
 
 def main(args: list[str] | None = None) -> None:
