@@ -159,7 +159,7 @@ def test_a_small_class_means_fewer_inner_folds_or_a_one_line_refusal():
     assert gradient_boosting(two)["inner_cv"]["n_splits"] == 2
     with pytest.raises(QlitError, match=r"svm_rbf: class 'rare' has only 2 training rows in fold 0") as error:
         svm_rbf(two)
-    assert "\n" not in str(error.value)
+    assert "\n" not in str(error.value) and "--tuned_baselines false" in str(error.value)
     three = rare(5, 0.1)  # 3 training rows: the SVM's least, its 3 inner folds each calibrate on 2
     assert np.bincount(three.labels("train"))[1] == 3
     result = svm_rbf(three)

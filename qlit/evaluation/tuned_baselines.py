@@ -162,7 +162,7 @@ def _inner_folds(data, y: np.ndarray, name: str, min_rows: int) -> int:
         why = "2 inner folds" if min_rows == 2 else "2 inner folds, each split again for the Platt calibration,"
         raise QlitError(
             f"{name}: class {label!r} has only {smallest} training row{'s' * (smallest != 1)} in fold {data.fold}; "
-            f"{why} need at least {min_rows}"
+            f"{why} need at least {min_rows} (qlit cv --tuned_baselines false leaves this baseline out)"
         )
     return min(INNER_FOLDS, smallest)
 

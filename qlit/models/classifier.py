@@ -13,6 +13,7 @@ from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
 
 from qlit.errors import QlitError
 from qlit.models.circuit import Ansatz, CircuitSpec, Rotation, ShotGradient
+from qlit.models.hardware import HARDWARE_OPTIONS, hardware_options, refuse_training, report_usage, send_ahead
 from qlit.models.hybrid import Core, HybridNet
 
 STAGES = ("train", "val", "test")
@@ -112,6 +113,11 @@ class HybridClassifier(L.LightningModule):
             condition like ``shots``.
         shot_gradient: With ``shots`` on the ``qlit`` backend: ``parameter-shift`` (what a device computes) or
             ``exact``, a simulation-only shortcut (sampled values, exact gradients).
+        hardware: Evaluate on a Qiskit device instead of ``backend``: ``qiskit:fake_manila`` (a fake device of
+            ``qiskit_ibm_runtime``) or ``qiskit:ibm_<name>`` (token from ``QISKIT_IBM_TOKEN``); ``qlit test``,
+            ``validate`` and ``predict`` only (training is refused). Needs ``pip install 'qlit[qiskit]'``.
+        hardware_shots: Shots per row on the ``hardware`` device.
+        hardware_chunk: Rows per hardware job.
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         lr_factor: Factor by which ReduceLROnPlateau multiplies the learning rate.
@@ -138,6 +144,9 @@ class HybridClassifier(L.LightningModule):
         shots: int | None = None,
         noise: dict[str, float] | None = None,
         shot_gradient: ShotGradient = "parameter-shift",
+        hardware: str | None = None,
+        hardware_shots: int = 4096,
+        hardware_chunk: int = 256,
     ) -> None:
         super().__init__()
         if not 0 < lr < float("inf"):
@@ -152,17 +161,38 @@ class HybridClassifier(L.LightningModule):
             raise QlitError(f"class_names has {len(class_names)} names for {num_classes} classes")
         # Shots and noise are the conditions a model runs under, not what it is: kept out of the checkpoint's
         # hyperparameters, which LightningCLI would otherwise impose over --model.noise on `qlit test`.
-        self.save_hyperparameters(ignore=list(RUN_CONDITIONS))
+        self.save_hyperparameters(ignore=[*RUN_CONDITIONS, *HARDWARE_OPTIONS])
+        if hardware is None and isinstance(backend, str) and backend.startswith("qiskit:"):
+            hardware = backend  # a model built for a device: it evaluates there, and refuses to train
+        options = hardware_options(hardware, hardware_shots, hardware_chunk, core)
         spec = CircuitSpec(
-            n_qubits, n_layers, ansatz, embedding, backend, diff_method, init_std, shots, noise, shot_gradient
+            n_qubits, n_layers, ansatz, embedding, hardware or backend, diff_method, init_std, shots, noise,
+            shot_gradient,
         )
         self.net = HybridNet(in_features, num_classes, spec, core=core)
+        if options is not None:
+            self.net.core.circuit.configure(options)
         self.binary = num_classes == 2
         # Metrics accumulate per step and are logged once per epoch: `self.log` on every step costs
         # more than a training step of these small networks.
         self.epoch_metrics = nn.ModuleDict({f"{stage}_metrics": EpochMetrics(num_classes) for stage in STAGES})
         # A list while a caller collects the test pass's logits (`keep_test_logits`), else None.
         self.test_logits: list[torch.Tensor] | None = None
+
+    def on_fit_start(self) -> None:
+        refuse_training(self)
+
+    def on_test_start(self) -> None:
+        send_ahead(self, self.trainer.test_dataloaders)
+
+    def on_predict_start(self) -> None:
+        send_ahead(self, self.trainer.predict_dataloaders)
+
+    def on_test_end(self) -> None:
+        report_usage(self, "test")
+
+    def on_predict_end(self) -> None:
+        report_usage(self, "predict")
 
     @property
     def class_names(self) -> list[str]:

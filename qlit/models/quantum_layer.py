@@ -4,7 +4,8 @@
 name is a PennyLane device (``default.qubit``, ``lightning.qubit``, ``lightning.gpu`` or an installed
 plugin) wrapped in a `pennylane.qnn.TorchLayer`. Every backend keeps its trainable angles in a
 parameter called ``weights`` on ``self.circuit``, so a state dict trained on one backend loads into
-another.
+another. ``backend="qiskit:<device>"`` runs a trained circuit on an IBM device or a fake stand-in, for evaluation
+only (`qlit.models.qiskit_backend`, imported only then).
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ class QuantumLayer(nn.Module):
         self.backend = spec.backend
         if spec.backend == FAST_BACKEND:
             self.circuit = StatevectorCircuit(spec)
+        elif spec.backend.startswith("qiskit:"):
+            from qlit.models.qiskit_backend import HardwareCircuit  # imports Qiskit: only for this backend
+
+            self.circuit = HardwareCircuit(spec)
         else:
             self.circuit = _pennylane_layer(spec)
 
