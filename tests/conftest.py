@@ -49,6 +49,21 @@ def quick_args() -> list[str]:
     return list(QUICK)
 
 
+def fit_iris_one_epoch(root: Path, *extra: str) -> tuple[Path, list[str]]:
+    """A one-epoch fit of ``configs/iris.yaml`` (plus ``extra``) logging under ``root``.
+
+    Returns:
+        Its run folder, and the args that point `qlit` at it and its best checkpoint.
+    """
+    from qlit.cli import main
+
+    args = ["--config", str(CONFIGS / "iris.yaml"), *extra, f"--trainer.logger.init_args.save_dir={root}", *QUICK]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        main(["fit", *args, "--trainer.max_epochs=1"])
+    return root / "iris" / "version_0", [*args, "--ckpt_path", "best"]
+
+
 def one_line_error(args: list[str], capfd: pytest.CaptureFixture, words: tuple[str, ...] | list[str] = ()) -> str:
     """Run ``qlit`` in-process on a command that must fail; return its one stderr line.
 

@@ -14,32 +14,22 @@ from sklearn.datasets import load_iris
 from qlit.cli import main
 from qlit.data.base import read_samples_csv
 from qlit.errors import QlitError
+from tests.conftest import CONFIGS, fit_iris_one_epoch
 
-IRIS = str(Path(__file__).resolve().parents[1] / "configs" / "iris.yaml")
-QUICK = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+IRIS = str(CONFIGS / "iris.yaml")
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, list[str]]:
     """A one-epoch Iris fit; returns its run folder and the args that point `qlit` at it."""
-    root = tmp_path_factory.mktemp("predict")
-    args = ["--config", IRIS, f"--trainer.logger.init_args.save_dir={root}", *QUICK]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        main(["fit", *args, "--trainer.max_epochs=1"])
-    return root / "iris" / "version_0", [*args, "--ckpt_path", "best"]
+    return fit_iris_one_epoch(tmp_path_factory.mktemp("predict"))
 
 
 @pytest.fixture(scope="module")
 def run3(tmp_path_factory) -> tuple[Path, list[str]]:
     """A one-epoch fit on all three Iris species."""
-    root = tmp_path_factory.mktemp("predict3")
     classes = "--data.init_args.classes=[setosa,versicolor,virginica]"
-    args = ["--config", IRIS, classes, f"--trainer.logger.init_args.save_dir={root}", *QUICK]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        main(["fit", *args, "--trainer.max_epochs=1"])
-    return root / "iris" / "version_0", [*args, "--ckpt_path", "best"]
+    return fit_iris_one_epoch(tmp_path_factory.mktemp("predict3"), classes)
 
 
 def _rows(path: Path) -> list[list[str]]:

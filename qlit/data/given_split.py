@@ -7,14 +7,13 @@ its table(s), splits with `given_split_rows` (``test_rows: given`` or ``fold``) 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from qlit.data.base import _sha256
-from qlit.data.splits import stratified_split
+from qlit.data.splits import stratified_split, train_val_split, validation_shortfall
 from qlit.data.table_columns import few
 from qlit.data.tables import BUILTIN, Table, read_table
 from qlit.errors import QlitError
@@ -183,8 +182,6 @@ def _given_train_val(
     y: np.ndarray, rows: np.ndarray, class_names: list[str], val_fraction: float, seed: int, source: str
 ) -> dict[str, np.ndarray]:
     """The given training rows ``rows`` split into sorted ``train`` and ``val`` rows, stratified by class."""
-    from sklearn.model_selection import train_test_split
-
     k = len(class_names)
     counts = np.bincount(y[rows], minlength=k)
     if counts.min() < 2:
@@ -193,13 +190,12 @@ def _given_train_val(
             f"{source} hold {smallest} sample{'s' * (smallest != 1)} of class {name!r}, too few for both training "
             "and validation; every class needs at least 2 training rows"
         )
-    n_val = math.ceil(val_fraction * len(rows))  # scikit-learn's rounding of the validation size
-    if n_val < k or len(rows) - n_val < k:
-        part, count = ("validation", n_val) if n_val < k else ("training", len(rows) - n_val)
+    shortfall = validation_shortfall(len(rows), k, val_fraction)
+    if shortfall is not None:
+        part, count = shortfall
         raise QlitError(
             f"val_fraction={val_fraction} leaves {count} {part} row{'s' * (count != 1)} of the {len(rows)} "
             f"{source}; a stratified split needs at least {k} (one per class): use val_fraction between "
             f"{k / len(rows):.3g} and {(len(rows) - k) / len(rows):.3g}"
         )
-    train, val = train_test_split(rows, test_size=val_fraction, stratify=y[rows], random_state=seed)
-    return {"train": np.sort(train), "val": np.sort(val)}
+    return train_val_split(rows, y, val_fraction, seed)

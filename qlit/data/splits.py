@@ -33,7 +33,7 @@ def stratified_split(
     Raises:
         QlitError: a class has too few rows for this split.
     """
-    from sklearn.model_selection import StratifiedKFold, train_test_split
+    from sklearn.model_selection import StratifiedKFold
 
     counts = np.bincount(y, minlength=len(class_names))
     smallest, name = int(counts.min()), class_names[int(counts.argmin())]
@@ -52,14 +52,14 @@ def stratified_split(
     folds = StratifiedKFold(num_folds, shuffle=True, random_state=seed)
     rest, test = list(folds.split(np.zeros(len(y)), y))[fold]
     _check_validation_split(y[rest], class_names, num_folds, fold, val_fraction, source)
-    train, val = train_test_split(rest, test_size=val_fraction, stratify=y[rest], random_state=seed)
-    missing = [class_names[k] for k in range(len(class_names)) if not np.any(y[train] == k)]
+    split = train_val_split(rest, y, val_fraction, seed)
+    missing = [class_names[k] for k in range(len(class_names)) if not np.any(y[split["train"]] == k)]
     if missing:
         raise QlitError(
             f"val_fraction={val_fraction} leaves no training rows of class {missing[0]!r} in fold "
             f"{fold}; use a smaller val_fraction or more data"
         )
-    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+    return {**split, "test": np.sort(test)}
 
 
 def stratified_inner_split(
@@ -92,6 +92,25 @@ def stratified_inner_split(
     return {"train": rest[train], "val": rest[val], "test": np.empty(0, dtype=np.int64)}
 
 
+def validation_shortfall(n_rows: int, num_classes: int, val_fraction: float) -> tuple[str, int] | None:
+    """``("validation" | "training", rows)`` when a stratified ``val_fraction`` split of ``n_rows`` rows leaves
+    fewer rows on one side than there are classes; ``None`` when both sides can hold every class."""
+    n_val = math.ceil(val_fraction * n_rows)  # scikit-learn's rounding of the validation size
+    if n_val < num_classes:
+        return "validation", n_val
+    if n_rows - n_val < num_classes:
+        return "training", n_rows - n_val
+    return None
+
+
+def train_val_split(rows: np.ndarray, y: np.ndarray, val_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """``rows`` split into sorted ``train`` and ``val`` rows, stratified by their classes ``y[rows]``."""
+    from sklearn.model_selection import train_test_split
+
+    train, val = train_test_split(rows, test_size=val_fraction, stratify=y[rows], random_state=seed)
+    return {"train": np.sort(train), "val": np.sort(val)}
+
+
 def _check_validation_split(
     y_rest: np.ndarray, class_names: list[str], num_folds: int, fold: int, val_fraction: float, source: str
 ) -> None:
@@ -106,9 +125,9 @@ def _check_validation_split(
             f"{name!r} outside test fold {fold}, too few for both training and validation; use {fewer}"
             "more samples of every class"
         )
-    n_val = math.ceil(val_fraction * n_rest)  # scikit-learn's rounding of the validation size
-    if n_val < k or n_rest - n_val < k:
-        part, count = ("validation", n_val) if n_val < k else ("training", n_rest - n_val)
+    shortfall = validation_shortfall(n_rest, k, val_fraction)
+    if shortfall is not None:
+        part, count = shortfall
         raise QlitError(
             f"val_fraction={val_fraction} leaves {count} {part} row{'s' * (count != 1)} of the {n_rest} "
             f"outside the test fold; a stratified split needs at least {k} (one per class): use val_fraction "

@@ -73,11 +73,16 @@ def _option_strings(parser: Any) -> list[str]:
     return found
 
 
+def class_of(class_path: str) -> type:
+    """The class a config's ``class_path`` names (``qlit.data.IrisDataModule``), imported."""
+    module_name, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module_name), name)
+
+
 def _init_options(class_path: str) -> list[str]:
     """The constructor arguments of ``class_path`` and of the classes it extends (its YAML ``init_args``)."""
-    module_name, _, name = class_path.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module_name), name)
+        cls = class_of(class_path)
     except (ImportError, AttributeError, ValueError):
         return []
     names: list[str] = []

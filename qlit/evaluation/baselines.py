@@ -6,8 +6,9 @@ from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import confusion_matrix, log_loss
+from sklearn.metrics import log_loss
 
+from qlit.engine.predictions import Predictions
 from qlit.evaluation.metrics import scores
 
 BASELINES = {
@@ -41,12 +42,12 @@ def scored(data, fitted: dict[str, Any]) -> dict[str, Any]:
     """
     test_y = data.labels("test")
     predicted = np.asarray(fitted["predicted"], dtype=np.int64)
-    labels = list(range(data.num_classes))
+    predictions = Predictions(predicted, test_y, data.num_classes, np.asarray(fitted["probabilities"]))
     return {
-        **scores(test_y, fitted["probabilities"], predicted),
+        **scores(test_y, predictions.probabilities, predicted),
         **fitted,
         "n_test": len(test_y),
-        "confusion_matrix": confusion_matrix(test_y, predicted, labels=labels).tolist(),
+        "confusion_matrix": predictions.confusion_matrix().tolist(),
     }
 
 

@@ -21,7 +21,6 @@ The folds are `FoldJob`s handed to `qlit.engine.runner.run_jobs`: serial by defa
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import yaml
 from jsonargparse import Namespace
 
 from qlit.commands import CVOptions
+from qlit.engine.parser import class_of
 from qlit.engine.runner import connect, needs_ray, run_jobs, shutdown
 from qlit.errors import QlitError
 from qlit.evaluation.baselines import BASELINES
@@ -97,12 +97,6 @@ def prepared(config: Namespace, command: str = "qlit cv") -> tuple[Namespace, Na
             f"got {logger.get('name')!r}"
         )
     return config, logger
-
-
-def data_module_class(config: Namespace) -> type:
-    """The class the config's ``data.class_path`` names."""
-    module, _, name = config.data.class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 
 def data_module(config: Namespace) -> Any:
@@ -279,10 +273,9 @@ def _cross_validate(
 
     refit_results = per_fit.pop("given", None)
     summary, oof = summarize(name, cv_dir, config, per_fit, tuned)
-    summary["num_folds"], summary["folds_covered"] = num_folds, selected
     if refit_results is not None:
         summary["given_test"] = given_test_summary(refit_results, list(summary["baselines"]))
-    if hasattr(data_module_class(config), "next_day_returns"):
+    if hasattr(class_of(config.data.class_path), "next_day_returns"):
         trading = trading_summary(data_module(config), per_fit, oof, options.cost_bps)
         summary["strategy"] = {k: v for k, v in trading.items() if k != "curves"}
         summary["strategy_curves"] = trading["curves"]

@@ -13,10 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from qlit.errors import QlitError
+from qlit.evaluation.report import plain
 from qlit.io.runs import unused_path
 
 RESULT_FILE = "cv_result.json"
@@ -98,23 +98,11 @@ def result_path(save_dir: str | Path, name: str, fold: int) -> Path:
     return Path(save_dir) / name / f"fold_{fold}" / RESULT_FILE
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def save_result(path: Path, result: dict[str, Any]) -> None:
     """Write a training's result next to its files, atomically: a kill leaves the old state or the whole file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(_plain(result)))
+    partial.write_text(json.dumps(plain(result)))
     os.replace(partial, path)
 
 

@@ -6,9 +6,9 @@ Each function returns a `matplotlib.figure.Figure`. `render` draws it once into 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -316,3 +316,38 @@ def save_png(image: Figure | np.ndarray, path: str | Path) -> Path:
 def log_image(experiment, tag: str, image: np.ndarray, step: int = 0) -> None:
     """Add pixels from `render` to a TensorBoard ``SummaryWriter`` as an image."""
     experiment.add_image(tag, image, global_step=step, dataformats="HWC")
+
+
+def equity_curves_figure(
+    summary_or_curves: Mapping[str, Any], title: str, labels: Mapping[str, str] | None = None
+) -> Figure:
+    """The compounded equity of buy-and-hold and each model's long/flat strategy over the pooled test days.
+
+    Args:
+        summary_or_curves: A `qlit.evaluation.strategy.strategy_summary`, or its ``curves``.
+        title: The figure's title.
+        labels: The models' names in the legend (default: their keys with spaces for underscores).
+    """
+    import matplotlib.ticker
+
+    curves = summary_or_curves.get("curves", summary_or_curves)
+    days = np.asarray(curves["dates"], dtype="datetime64[D]")
+    fig = _figure(7.5, 4.2)
+    ax = fig.add_subplot()
+    models = [name for name in curves["equity"] if name != "buy_and_hold"]
+    for m, name in enumerate(models):
+        label = f"{(labels or {}).get(name, name.replace('_', ' '))} (long/flat)"
+        ax.plot(days, curves["equity"][name], color=PALETTE[m % len(PALETTE)], linewidth=1.0, label=label)
+    if "buy_and_hold" in curves["equity"]:
+        ax.plot(days, curves["equity"]["buy_and_hold"], color="black", linewidth=1.6, label="buy and hold")
+    for start in curves.get("fold_starts", [])[1:]:
+        ax.axvline(np.datetime64(start), color="grey", linestyle=":", linewidth=0.8)
+    ax.axhline(1.0, color="grey", linewidth=0.6)
+    # log scale: equal vertical distances are equal percentage moves, early and late in a long span alike
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_ylabel("growth of 1, net of costs (log scale)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    _title(fig, title)
+    return fig

@@ -14,10 +14,19 @@ from qlit.evaluation import plots
 from qlit.evaluation.baselines import BASELINES, C_GRID
 from qlit.evaluation.metrics import SCORES, SHORT
 from qlit.evaluation.stats import CI_NOTE, METRIC, STD_NOTE, shown
-from qlit.evaluation.strategy import equity_curves_figure, strategy_table
+from qlit.evaluation.strategy import strategy_table
 
 OTHER_SCORES = [key for key in SCORES if key not in (METRIC, "test_balanced_acc")]
 from qlit.io.runs import unused_path
+
+
+def plain(value: Any) -> Any:
+    """``value`` with NumPy arrays and scalars (and tensors) turned into lists and Python numbers, for JSON."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value.tolist() if hasattr(value, "tolist") else value
 
 
 def to_json(summary: dict[str, Any]) -> str:
@@ -164,7 +173,7 @@ def write_cv_report(cv_dir: Path, summary: dict[str, Any], oof: dict[str, Any]) 
         table += "\n" + strategy_table(summary["strategy"], labels)
         cost = summary["strategy"]["cost_bps"]
         title = f"{summary['experiment']}: long/flat on each model's predicted direction, {cost:g} bp"
-        figure = equity_curves_figure({"curves": curves}, title, labels)
+        figure = plots.equity_curves_figure({"curves": curves}, title, labels)
         figures.append(plots.save_png(figure, unused_path(cv_dir / "equity_curves.png")))
     md_path = unused_path(cv_dir / "cv_summary.md")
     md_path.write_text(table)

@@ -12,7 +12,8 @@ portfolio ranks the symbols of each day by up-probability: the top half long, th
 0.5 of capital (gross exposure 1, like the other rows), symbols tied across the cut sharing the average weight.
 Costs are charged on weight changes the same way everywhere.
 
-Pure NumPy (matplotlib only to draw); everything `strategy_summary` returns is JSON-friendly.
+Pure NumPy (the figure is `qlit.evaluation.plots.equity_curves_figure`); everything `strategy_summary`
+returns is JSON-friendly.
 """
 
 from __future__ import annotations
@@ -20,14 +21,11 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from qlit.errors import QlitError
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 TRADING_DAYS = 252
 KINDS = ("long_flat", "long_short")
@@ -284,42 +282,6 @@ def strategy_table(summary: Mapping[str, Any], labels: Mapping[str, str] | None 
         lines += [_row((labels or {}).get(m, m.replace("_", " ")), metrics) for m, metrics in pooled[kind].items()]
     lines += ["", HOW_TO_READ]
     return "\n".join(lines) + "\n"
-
-
-def equity_curves_figure(
-    summary_or_curves: Mapping[str, Any], title: str, labels: Mapping[str, str] | None = None
-) -> Figure:
-    """The compounded equity of buy-and-hold and each model's long/flat strategy over the pooled test days.
-
-    Args:
-        summary_or_curves: A `strategy_summary`, or its ``curves``.
-        title: The figure's title.
-    """
-    import matplotlib.ticker
-
-    from qlit.evaluation.plots import PALETTE, _figure, _title
-
-    curves = summary_or_curves.get("curves", summary_or_curves)
-    days = np.asarray(curves["dates"], dtype="datetime64[D]")
-    fig = _figure(7.5, 4.2)
-    ax = fig.add_subplot()
-    models = [name for name in curves["equity"] if name != "buy_and_hold"]
-    for m, name in enumerate(models):
-        label = f"{(labels or {}).get(name, name.replace('_', ' '))} (long/flat)"
-        ax.plot(days, curves["equity"][name], color=PALETTE[m % len(PALETTE)], linewidth=1.0, label=label)
-    if "buy_and_hold" in curves["equity"]:
-        ax.plot(days, curves["equity"]["buy_and_hold"], color="black", linewidth=1.6, label="buy and hold")
-    for start in curves.get("fold_starts", [])[1:]:
-        ax.axvline(np.datetime64(start), color="grey", linestyle=":", linewidth=0.8)
-    ax.axhline(1.0, color="grey", linewidth=0.6)
-    # log scale: equal vertical distances are equal percentage moves, early and late in a long span alike
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.set_ylabel("growth of 1, net of costs (log scale)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    _title(fig, title)
-    return fig
 
 
 class _Book:

@@ -31,6 +31,7 @@ from qlit.engine import runner
 from qlit.engine.build import build_run
 from qlit.errors import QlitError
 from qlit.evaluation.folds import class_name, tensorboard_args
+from qlit.evaluation.report import plain
 from qlit.evaluation.space import apply, ray_space
 from qlit.evaluation.tune_state import verify_state
 
@@ -90,7 +91,7 @@ def trial_hparams(setup: TrialSetup, params: dict[str, Any], inner_fold: int, tr
     A value TensorBoard cannot show as it is (a list, ``None``) is shown as text.
     """
     shown = {}
-    for key, value in _plain(params).items():
+    for key, value in plain(params).items():
         shown[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
     outer = "all" if setup.outer_fold is None else str(setup.outer_fold)
     return {**shown, "trial": trial, "outer_fold": outer, "inner_fold": inner_fold}
@@ -315,13 +316,5 @@ def trial_records(results, keys: list[str], inner_folds: int) -> list[dict[str, 
         }
         if result.error is not None:
             record["error"] = str(result.error).strip().splitlines()[-1][:300]
-        trials.append(_plain(record))
+        trials.append(plain(record))
     return trials
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value.item() if hasattr(value, "item") else value

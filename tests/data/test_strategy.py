@@ -12,9 +12,9 @@ import pytest
 
 from qlit.data import EquityDataModule
 from qlit.errors import QlitError
+from qlit.evaluation.plots import equity_curves_figure
 from qlit.evaluation.strategy import (
     cross_sectional_weights,
-    equity_curves_figure,
     positions_from_probability,
     strategy_metrics,
     strategy_returns,

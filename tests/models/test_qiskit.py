@@ -25,9 +25,9 @@ from qlit.models import QuantumLayer, StatevectorCircuit  # noqa: E402
 from qlit.models import qiskit_backend as qb  # noqa: E402
 from qlit.models.circuit import ANSATZES, ROTATIONS, CircuitSpec  # noqa: E402
 from qlit.models.qiskit_jobs import Chunk, JobRecord, JobScheduler, chunk_key  # noqa: E402
+from tests.conftest import CONFIGS, fit_iris_one_epoch
 
-IRIS = str(Path(__file__).resolve().parents[2] / "configs" / "iris.yaml")
-QUICK = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+IRIS = str(CONFIGS / "iris.yaml")
 HARDWARE = ["--model.hardware", "qiskit:fake_manila", "--model.hardware_shots", "1024", "--model.hardware_chunk", "8"]
 TEST_ROWS = 20  # Iris setosa vs versicolor, fold 0 of 5
 
@@ -190,12 +190,7 @@ def test_runner_on_a_fake_device_sends_one_job_per_chunk_and_retries_a_failed_on
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, list[str]]:
     """A one-epoch Iris fit; its run folder and the args that point `qlit` at it."""
-    root = tmp_path_factory.mktemp("qiskit")
-    args = ["--config", IRIS, f"--trainer.logger.init_args.save_dir={root}", *QUICK]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        main(["fit", *args, "--trainer.max_epochs=1"])
-    return root / "iris" / "version_0", [*args, "--ckpt_path", "best"]
+    return fit_iris_one_epoch(tmp_path_factory.mktemp("qiskit"))
 
 
 def test_qlit_test_on_a_fake_device_sends_a_job_per_chunk_reports_the_cost_and_resumes(run, capsys):
