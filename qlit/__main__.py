@@ -13,6 +13,13 @@ def run() -> None:
         interrupted.append(signum)
         raise KeyboardInterrupt
 
+    def exit_interrupted():
+        print("qlit: interrupted (Ctrl-C) while starting", file=sys.stderr, flush=True)
+        # Not sys.exit: an interrupt that landed in code an extension ran during its import leaves
+        # CPython marked as interrupted, and its shutdown would then kill the process with SIGINT
+        # (status -2) instead of exiting with 130. Nothing has been written yet, so nothing is lost.
+        os._exit(130)
+
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         # A broken or missing config file is told in one line before torch and Lightning are imported (seconds).
@@ -29,14 +36,14 @@ def run() -> None:
         # Interrupted inside an extension module's import, Python can report a half-imported module
         # (numpy: "module 'numpy._core' has no attribute '_multiarray_umath'") instead of the Ctrl-C.
         if interrupted:
-            print("qlit: interrupted (Ctrl-C) while starting", file=sys.stderr, flush=True)
-            # Not sys.exit: an interrupt that landed in code an extension ran during its import leaves
-            # CPython marked as interrupted, and its shutdown would then kill the process with SIGINT
-            # (status -2) instead of exiting with 130. Nothing has been written yet, so nothing is lost.
-            os._exit(130)
+            exit_interrupted()
         raise
     finally:
         signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        # Some imported package caught the KeyboardInterrupt (a bare ``except:`` around an optional import,
+        # or a finaliser that only prints "Exception ignored"), so the imports went on; the Ctrl-C still holds.
+        exit_interrupted()
     main()
 
 

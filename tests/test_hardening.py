@@ -131,6 +131,40 @@ def test_ctrl_c_while_starting_is_one_line(in_tmp_path: Path):
     assert "Traceback" not in err and "qlit: " in err
 
 
+SWALLOWED_CTRL_C = """
+import os, signal, sys, time
+
+
+class SwallowsCtrlC:
+    \"\"\"As a package with a bare ``except:`` around an optional import: Ctrl-C lands there and is caught.\"\"\"
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "lightning":
+            sys.meta_path.remove(self)
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            except BaseException:
+                pass
+        return None
+
+
+sys.meta_path.insert(0, SwallowsCtrlC())
+sys.argv = ["qlit", *sys.argv[1:]]
+from qlit.__main__ import run
+run()
+"""
+
+
+def test_ctrl_c_caught_by_an_imported_package_still_stops_qlit(in_tmp_path: Path):
+    """The case the timed test above can miss under load: the interrupt lands where an import swallows it."""
+    proc = subprocess.run([sys.executable, "-c", SWALLOWED_CTRL_C, "fit", "--config", IRIS, "--trainer.max_epochs=1",
+                           *QUICK], env=environment(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert proc.stderr.strip() == "qlit: interrupted (Ctrl-C) while starting"
+    assert not Path("lightning_logs").exists(), "nothing is trained or written after a Ctrl-C"
+
+
 def test_small_circuits_train_on_one_thread_unless_told(monkeypatch):
     before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
