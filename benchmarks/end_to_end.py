@@ -17,7 +17,7 @@ pay for interpreter start-up and imports:
 
     python benchmarks/end_to_end.py                 # full config (120 epochs: tens of minutes)
     python benchmarks/end_to_end.py --epochs 10     # both sides shortened equally
-    python benchmarks/end_to_end.py --workers 2     # adds `qlit cv --workers 2` (folds on a local Ray)
+    python benchmarks/end_to_end.py --workers 2     # adds `qlit cv --workers 2` (folds in forked processes)
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def cv_seconds_and_accuracy(
 
 
 def run_qlit_cv(config: Path, epochs: int | None, env: dict[str, str], workers: int | None = None) -> float:
-    """Wall seconds of ``python -m qlit cv`` (with ``--workers``: its folds on a local Ray, Ray's start included)."""
+    """Wall seconds of ``python -m qlit cv`` (with ``--workers``: its folds in processes forked from it)."""
     extra = (f"--workers={workers}",) if workers else ()
     return cv_seconds_and_accuracy(config, env, epochs, extra)[0]
 
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all-epochs", action="store_true",
                         help="drop the config's EarlyStopping: qlit cv trains every max_epochs, as the plain loop")
     parser.add_argument("--workers", type=int, default=None,
-                        help="also run `qlit cv --workers N` (parallel folds on Ray) in every round")
+                        help="also run `qlit cv --workers N` (parallel folds) in every round")
     parser.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     config = args.config.resolve()
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| `qlit cv` (backend from the config) | {qlit_seconds:.1f}{_each(qlit_runs)} |")
     if args.workers:
         parallel = result["qlit_cv_parallel_seconds"]
-        print(f"| `qlit cv --workers {args.workers}` (Ray) | {parallel:.1f}{_each(parallel_runs)} |")
+        print(f"| `qlit cv --workers {args.workers}` | {parallel:.1f}{_each(parallel_runs)} |")
     print(f"| plain loop, `{args.backend}` TorchLayer | {plain_seconds:.1f}{_each(plain_runs)} |")
     print(f"| plain loop, `qlit` backend (reference) | {reference_seconds:.1f}{_each(reference_runs)} |")
     print()

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import lightning as L
 
-from qlit.engine.runner import ray_module
+from qlit.engine.runner import needs_ray, ray_module
 from qlit.errors import QlitError
 
 
@@ -30,10 +30,12 @@ class CVOptions:
     to the experiment's log folder.
 
     Attributes:
-        workers: Folds trained at once, each a Ray task with one CPU and one torch thread; 1 trains them here, one
-            after another. The results are the same either way.
+        workers: Folds trained at once, each in a process forked from this command once its imports are done (on
+            Linux; elsewhere, and with ``--gpus_per_fold``, a Ray task with one CPU); 1 trains them here, one after
+            another. The results are the same either way.
         address: A Ray cluster to train the folds on: ``auto`` (the one started on this machine with ``ray start``)
-            or the head node's ``host:port``; ``RAY_ADDRESS`` is used when unset.
+            or the head node's ``host:port``; ``local`` starts a Ray of the command's own with ``--workers``
+            CPUs. ``RAY_ADDRESS`` is used when unset.
         gpus_per_fold: The GPU share each fold asks Ray for (0.5 puts two folds on one GPU).
         repeats: Repeat the k folds over this many split seeds (split_seed, split_seed + 1, ...), each with its
             own model seed (seed_everything + repeat); means and intervals are over all repeats × folds fits.
@@ -65,8 +67,8 @@ class CVOptions:
             raise QlitError(f"--cost_bps must be 0 or more, got {self.cost_bps}")
         if not 0 <= self.gpus_per_fold:
             raise QlitError(f"--gpus_per_fold must be 0 or more, got {self.gpus_per_fold}")
-        if self.workers > 1 or self.address or self.gpus_per_fold:
-            ray_module("--workers" if self.workers > 1 else "--address" if self.address else "--gpus_per_fold")
+        if needs_ray(self.workers, self.address, self.gpus_per_fold):
+            ray_module("--address" if self.address else "--gpus_per_fold" if self.gpus_per_fold else "--workers")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""Ray: ``qlit cv --workers`` gives the serial run's numbers, inner folds hold no outer test row, and a killed
-sweep leaves no process behind (``qlit tune`` itself: tests/test_tune.py).
+"""Parallel folds: ``qlit cv --workers`` (forked processes, or Ray with ``--address``) gives the serial run's
+numbers, inner folds hold no outer test row, and a killed sweep leaves no process behind (``qlit tune`` itself: tests/test_tune.py).
 
 Every command that runs on Ray runs as ``python -m qlit`` in a session of its own, with a real local Ray (and Ray
 Tune's real schedulers and search algorithms). The pytest process never joins a Ray: a driver whose raylet dies
@@ -70,14 +70,18 @@ def fold_numbers(summary: dict) -> list[tuple]:
 
 def test_parallel_cv_gives_the_serial_numbers_and_layout(tmp_path: Path):
     main(["cv", "--config", IRIS, *SMALL, "--trainer.logger.init_args.name=serial", *QUICK])  # no Ray
-    printed = qlit(["cv", "--config", IRIS, *SMALL, "--trainer.logger.init_args.name=parallel", "--workers=2"],
-                   tmp_path).stdout
-    assert "2 folds, 2 at a time on Ray" in printed
+    forked = qlit(["cv", "--config", IRIS, *SMALL, "--trainer.logger.init_args.name=forked", "--workers=2"],
+                  tmp_path).stdout
+    assert "2 folds, 2 at a time in processes forked from this one" in forked
+    on_ray = qlit(["cv", "--config", IRIS, *SMALL, "--trainer.logger.init_args.name=ray", "--workers=2",
+                   "--address=local"], tmp_path).stdout
+    assert "2 folds, on the Ray cluster at local" in on_ray
     serial = json.loads((tmp_path / "lightning_logs/serial/cv_summary.json").read_text())
-    parallel = json.loads((tmp_path / "lightning_logs/parallel/cv_summary.json").read_text())
-    assert fold_numbers(parallel) == fold_numbers(serial)  # exactly: each fold is deterministic wherever it runs
-    assert [f["test_indices"] for f in parallel["folds"]] == [f["test_indices"] for f in serial["folds"]]
-    for name in ("serial", "parallel"):
+    for name in ("forked", "ray"):
+        parallel = json.loads((tmp_path / "lightning_logs" / name / "cv_summary.json").read_text())
+        assert fold_numbers(parallel) == fold_numbers(serial), name  # exactly: a fold is the same wherever it runs
+        assert [f["test_indices"] for f in parallel["folds"]] == [f["test_indices"] for f in serial["folds"]]
+    for name in ("serial", "forked", "ray"):
         root = tmp_path / "lightning_logs" / name
         for k in range(2):  # the workers wrote where the serial run writes, relative to the command's folder
             assert (root / f"fold_{k}" / "checkpoints" / "best.ckpt").is_file()
@@ -85,21 +89,24 @@ def test_parallel_cv_gives_the_serial_numbers_and_layout(tmp_path: Path):
     assert not list(Path.home().glob("ray_results/*/lightning_logs"))
 
 
-JOB_FAILING_ON_RAY = """
+JOB_FAILING = """
+import sys
+
 from qlit.errors import QlitError
 from qlit.engine.runner import run_jobs
 from qlit.io.config_files import load_yaml_strict
 
 try:
-    list(run_jobs(load_yaml_strict, ["ok.yaml", "missing.yaml"], workers=2))
+    list(run_jobs(load_yaml_strict, ["ok.yaml", "missing.yaml"], workers=2, address=sys.argv[1] or None))
 except QlitError as err:
     print(f"QlitError: {err}")
 """
 
 
-def test_a_job_failing_on_ray_raises_its_own_error(tmp_path: Path):
+@pytest.mark.parametrize("address", ["", "local"], ids=["forked", "ray"])
+def test_a_failing_job_raises_its_own_error(tmp_path: Path, address: str):
     (tmp_path / "ok.yaml").write_text("a: 1\n")  # relative paths: the workers resolve them in the command's folder
-    done = subprocess.run([sys.executable, "-c", JOB_FAILING_ON_RAY], cwd=tmp_path, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", JOB_FAILING, address], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300, start_new_session=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "QlitError: config missing.yaml does not exist"

@@ -15,8 +15,9 @@ and no INT8 export. Each fold's ``config.yaml`` reproduces it: it is the config 
 touches the cv run's own files and ``qlit test --config <same> --ckpt_path best`` finds the
 re-run's checkpoint.
 
-The folds are `FoldJob`s handed to `qlit.engine.runner.run_jobs`: serial by default, Ray tasks with
-``--workers N`` or ``--address``. The numbers are the same either way.
+The folds are `FoldJob`s handed to `qlit.engine.runner.run_jobs`: serial by default, ``--workers N`` at a
+time in processes forked from the command (Ray tasks where it cannot fork), Ray tasks on a cluster with
+``--address``. The numbers are the same either way.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from jsonargparse import Namespace
 
 from qlit.commands import CVOptions
 from qlit.engine.parser import class_of
-from qlit.engine.runner import connect, needs_ray, run_jobs, shutdown
+from qlit.engine.runner import connect, forks_locally, needs_ray, run_jobs, shutdown
 from qlit.errors import QlitError
 from qlit.evaluation.baselines import BASELINES
 from qlit.evaluation.cv_resume import (
@@ -223,6 +224,8 @@ def _cross_validate(
         (Path(logger.save_dir) / name / "cv_config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     cv_dir = Path(logger.save_dir) / name
     where = f", {options.workers} at a time on Ray" if options.workers > 1 else ""
+    if forks_locally(options.workers, options.address, options.gpus_per_fold):
+        where = f", {options.workers} at a time in processes forked from this one"
     where = f", on the Ray cluster at {options.address}" if options.address else where
     repeats = f" × {options.repeats} repeats" if options.repeats > 1 else ""
     given = given_split(config)
