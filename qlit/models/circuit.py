@@ -38,6 +38,9 @@ CHANNELS = {
 }
 READOUT = "readout_error"
 NOISE_NAMES: tuple[str, ...] = (*CHANNELS, READOUT)
+# A device's calibration as the noise: ``qiskit:fake_manila``, kept as {device: qiskit:fake_manila}.
+DEVICE = "device"
+DEVICE_PREFIX = "qiskit:"
 # A density matrix has 4^n entries: 8 MiB per sample in complex64 at 10 qubits, and a training step keeps
 # one per gate and channel for the backward (about 200 at 10 qubits and 2 layers), so a batch of 32
 # already needs ~50 GiB there. Noise is simulated up to this width.
@@ -145,14 +148,28 @@ def _probability(name: str, value: Any) -> float:
     return float(value)
 
 
-def check_noise(noise: Mapping[str, float] | None) -> tuple[tuple[str, float], ...]:
+def check_noise(noise: Mapping[str, Any] | str | None) -> tuple[tuple[str, Any], ...]:
     """The noise settings as ``(name, probability)`` pairs in `NOISE_NAMES` order, zero ones left out.
+
+    A device's calibration, ``"qiskit:<device>"`` or ``{"device": "qiskit:<device>"}``, is ``(("device", name),)``;
+    its channels come from `qlit.models.calibration` when the circuit is built.
 
     Raises:
         QlitError: an unknown channel, or a value that is not a probability.
     """
     if noise is None:
         return ()
+    if isinstance(noise, Mapping) and DEVICE in noise:
+        if len(noise) > 1:
+            raise QlitError(f"noise {DEVICE} stands alone (its calibration gives every channel), got {noise!r}")
+        noise = noise[DEVICE]
+    if isinstance(noise, str):
+        if not noise.startswith(DEVICE_PREFIX) or noise == DEVICE_PREFIX:
+            raise QlitError(
+                f"noise must be a mapping like {{depolarizing: 0.01}} or a device's calibration, qiskit:<device> "
+                f"(e.g. qiskit:fake_manila), got {noise!r}"
+            )
+        return ((DEVICE, noise),)
     if not isinstance(noise, Mapping):
         raise QlitError(f"noise must be a mapping like {{depolarizing: 0.01}}, got {noise!r}")
     unknown = [name for name in noise if name not in NOISE_NAMES]
@@ -182,7 +199,8 @@ class CircuitSpec:
         noise: Channel probabilities, e.g. ``{"depolarizing": 0.01, "readout_error": 0.02}``: every gate of the
             circuit as drawn (`draw_circuit`: an embedding rotation, an RX of ``basic``, a whole ``Rot`` of
             ``strong``, a CNOT) is followed by each channel on each wire it touches, so ``basic`` and ``strong``
-            get the same channels per layer; ``readout_error`` flips each measured bit.
+            get the same channels per layer; ``readout_error`` flips each measured bit. Or a device's calibration,
+            ``"qiskit:fake_manila"``, converted to such channels per gate and wire (`qlit.models.calibration`).
         shot_gradient: With ``shots`` on the ``qlit`` backend: ``"parameter-shift"`` (sampled shifted circuits,
             as a device computes them) or ``"exact"``, a simulation-only shortcut (sampled forward values,
             the exact gradient of the expectation).
@@ -196,7 +214,7 @@ class CircuitSpec:
     diff_method: str = "backprop"
     init_std: float = WEIGHT_INIT_STD
     shots: int | None = None
-    noise: tuple[tuple[str, float], ...] = field(default=())
+    noise: tuple[tuple[str, Any], ...] = field(default=())
     shot_gradient: ShotGradient = "parameter-shift"
 
     def __post_init__(self) -> None:
@@ -209,7 +227,7 @@ class CircuitSpec:
             raise QlitError(f"shots must be null (exact expectation values) or an integer >= 1, got {shots!r}")
         if self.shot_gradient not in SHOT_GRADIENTS:
             raise QlitError(f"shot_gradient must be one of {', '.join(SHOT_GRADIENTS)}, got {self.shot_gradient!r}")
-        noise = self.noise if isinstance(self.noise, Mapping) or self.noise is None else dict(self.noise)
+        noise = self.noise if isinstance(self.noise, (Mapping, str)) or self.noise is None else dict(self.noise)
         object.__setattr__(self, "noise", check_noise(noise))
 
     @classmethod
@@ -218,6 +236,11 @@ class CircuitSpec:
         if len(args) == 1 and not fields and isinstance(args[0], CircuitSpec):
             return args[0]
         return cls(*args, **fields)
+
+    @property
+    def device_noise(self) -> str | None:
+        """The device whose calibration is the noise (``qiskit:<device>``), or None."""
+        return dict(self.noise).get(DEVICE)
 
     @property
     def gate_noise(self) -> tuple[tuple[str, float], ...]:
@@ -232,14 +255,15 @@ class CircuitSpec:
     @property
     def needs_density_matrix(self) -> bool:
         """Gate noise makes the state mixed; readout error alone acts on the measured probabilities."""
-        return bool(self.gate_noise)
+        return bool(self.gate_noise) or self.device_noise is not None
 
     def check_simulable(self) -> None:
         """Raise a `QlitError` if this circuit is too wide to simulate (with noise: as a density matrix)."""
         check_circuit(self.n_qubits, self.n_layers, self.ansatz, self.embedding)
         if self.needs_density_matrix and self.n_qubits > DENSITY_MAX_QUBITS:
+            noise = self.device_noise or dict(self.gate_noise)
             raise QlitError(
-                f"noise {dict(self.gate_noise)} needs a density matrix of 4^n entries: at n_qubits={self.n_qubits} "
+                f"noise {noise} needs a density matrix of 4^n entries: at n_qubits={self.n_qubits} "
                 f"{_size(AMPLITUDE_BYTES * 4.0**self.n_qubits)} per sample in complex64, and a training step keeps "
                 f"one per gate and channel; qlit simulates gate noise up to n_qubits={DENSITY_MAX_QUBITS}"
             )
@@ -333,6 +357,8 @@ def pennylane_noisy_circuit(spec: CircuitSpec):
     """
     import pennylane as qml
 
+    if spec.device_noise is not None:
+        raise QlitError(f"noise {spec.device_noise!r}, a device's calibration, runs on the qlit backend only")
     n = spec.n_qubits
     gates = gate_sequence(n, spec.n_layers, spec.ansatz, spec.embedding)
     channels = [(getattr(qml, CHANNELS[name]), p) for name, p in spec.gate_noise]

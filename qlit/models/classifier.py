@@ -109,7 +109,8 @@ class HybridClassifier(L.LightningModule):
             from (fresh samples every forward pass, reproducible from ``seed_everything``). A run condition,
             not architecture: ``qlit test --ckpt_path best --model.shots 100`` tests a trained model with shots.
         noise: Gate channels after every gate and readout error, e.g. ``{depolarizing: 0.01, readout_error:
-            0.02}``; channels: depolarizing, amplitude_damping, phase_damping, bit_flip, phase_flip. A run
+            0.02}``; channels: depolarizing, amplitude_damping, phase_damping, bit_flip, phase_flip. Or a device's
+            calibration converted to them per gate and wire, ``qiskit:fake_manila`` (``qlit`` backend). A run
             condition like ``shots``.
         shot_gradient: With ``shots`` on the ``qlit`` backend: ``parameter-shift`` (what a device computes) or
             ``exact``, a simulation-only shortcut (sampled values, exact gradients).
@@ -142,7 +143,7 @@ class HybridClassifier(L.LightningModule):
         lr_patience: int = 5,
         init_std: float = 0.05,
         shots: int | None = None,
-        noise: dict[str, float] | None = None,
+        noise: dict[str, float] | str | None = None,
         shot_gradient: ShotGradient = "parameter-shift",
         hardware: str | None = None,
         hardware_shots: int = 4096,

@@ -14,6 +14,8 @@ hardware conditions:
   step, and each sample costs a dot product with its embedded product state;
 * readout error: every measured bit flips with probability ``p``, a 2×2 confusion matrix per wire on
   the measured probabilities;
+* noise per gate and wire (`qlit.models.calibration.NoiseSites`, a device's calibration): each gate's own
+  channels on each of its wires, and an asymmetric confusion matrix per wire;
 * shots: counts of the ``2^n`` outcomes are drawn from the exact multinomial distribution of ``shots``
   measurements of all wires at once, as a device measures them, so the estimates of different wires
   are correlated as on a device (independent binomials per wire would get every ⟨Z_w⟩ right but not
@@ -35,6 +37,7 @@ from collections.abc import Callable
 
 import torch
 
+from qlit.models.calibration import noise_sites
 from qlit.models.circuit import CircuitSpec, gate_sequence
 
 # Kraus operators per channel, as functions of the probability p.
@@ -122,7 +125,10 @@ class GateProgram:
         self.rotations = [g for g in self.gates if g.name != "CNOT"]
         # angles[:, j] is the j-th rotation's angle, read from cat([inputs, weights.flatten()]).
         self.sources = torch.tensor([g.source for g in self.rotations])
-        self.channel = superoperator(spec.gate_noise)
+        self.sites = noise_sites(spec)
+        # One superoperator per distinct set of channels, shared by the gates and wires that have it.
+        distinct = {channels: superoperator(channels) for gate in self.sites.gates for channels in gate}
+        self.channels = [tuple(distinct[channels] for channels in gate) for gate in self.sites.gates]
         self._cache: dict[tuple[torch.dtype, torch.device], dict[str, object]] = {}
 
     @property
@@ -141,7 +147,10 @@ class GateProgram:
                 "cnot_pairs": {
                     g.wires: _pair_index(cnot_index(self.n, *g.wires, device)) for g in self.gates if g.name == "CNOT"
                 },
-                "channel": None if self.channel is None else self.channel.to(device=device, dtype=complex_dtype),
+                "channels": [
+                    tuple(None if op is None else op.to(device=device, dtype=complex_dtype) for op in gate)
+                    for gate in self.channels
+                ],
                 "z_signs": (1.0 - 2.0 * bits).to(dtype),
                 "complex": complex_dtype,
                 "paulis": torch.tensor([_I, _X, _Y, _Z], dtype=complex_dtype, device=device),
@@ -158,7 +167,7 @@ class GateProgram:
     def probabilities(self, angles: torch.Tensor) -> torch.Tensor:
         """``(B, 2^n)`` measurement probabilities (readout error included) for ``(B, n_angles)`` angles."""
         c = self._constants(angles.dtype, angles.device)
-        if self.spec.needs_density_matrix:
+        if self.sites.has_gate_noise:
             probs = self._density(angles, c)
         else:
             state = self._statevector(angles, c)
@@ -166,13 +175,16 @@ class GateProgram:
         return self._read_out(probs)
 
     def _read_out(self, probs: torch.Tensor) -> torch.Tensor:
-        """Readout error: each measured bit flips with probability ``p``, a 2×2 confusion matrix per wire."""
-        readout = self.spec.readout_error
-        if readout > 0:
-            batch = probs.shape[0]
-            for wire in range(self.n):
-                view = probs.reshape(batch, 2**wire, 2, -1)
-                probs = ((1 - readout) * view + readout * view.flip(2)).reshape(batch, -1)
+        """Readout error: a 2×2 confusion matrix per wire, reading 0 as 1 with ``P(1|0)`` and 1 as 0 with ``P(0|1)``."""
+        batch = probs.shape[0]
+        for wire, (flip0, flip1) in enumerate(self.sites.readout):
+            view = probs.reshape(batch, 2**wire, 2, -1)
+            if flip0 == flip1:
+                probs = ((1 - flip0) * view + flip0 * view.flip(2)).reshape(batch, -1)
+                continue
+            zero, one = view[:, :, 0], view[:, :, 1]
+            read = [(1 - flip0) * zero + flip1 * one, flip0 * zero + (1 - flip1) * one]
+            probs = torch.stack(read, 2).reshape(batch, -1)
         return probs
 
     def expectations(self, probs: torch.Tensor) -> torch.Tensor:
@@ -200,17 +212,17 @@ class GateProgram:
         batch, dim = angles.shape[0], 2**self.n
         rho = torch.zeros(batch, dim * dim, dtype=c["complex"], device=angles.device)
         rho[:, 0] = 1.0
-        channel = c["channel"]
         j = 0
-        for gate in self.gates:
+        for gate, channels in zip(self.gates, c["channels"]):
             if gate.name == "CNOT":
                 rho = rho[:, c["cnot_pairs"][gate.wires]]  # the permutation on rows and columns at once
-                for wire in gate.wires:
-                    rho = self._on_wire(rho, channel[None], wire)
+                for wire, channel in zip(gate.wires, channels):
+                    if channel is not None:
+                        rho = self._on_wire(rho, channel[None], wire)
                 continue
             matrix = _rotations(gate.name, angles[:, j]).to(c["complex"])
             j += 1
-            rho = self._on_wire(rho, _rotation_step(matrix, channel if gate.noisy else None), gate.wires[0])
+            rho = self._on_wire(rho, _rotation_step(matrix, channels[0]), gate.wires[0])
         return torch.diagonal(rho.reshape(batch, dim, dim), dim1=1, dim2=2).real
 
     @property
@@ -229,7 +241,7 @@ class GateProgram:
         with its embedded state, a product of one-qubit density matrices. Same numbers, a fraction of the work.
         """
         c = self._constants(x.dtype, x.device)
-        batch, dim, channel = x.shape[0], 2**self.n, c["channel"]
+        batch, dim, channels = x.shape[0], 2**self.n, c["channels"]
         # Each wire's embedded state as its real Pauli vector (1, ⟨X⟩, ⟨Y⟩, ⟨Z⟩), and the product state as
         # their Kronecker product: real arithmetic on the batch side.
         paulis = c["paulis"]
@@ -237,22 +249,24 @@ class GateProgram:
         for wire, gate in enumerate(self.gates[: self.n]):
             column = _rotations(gate.name, x[:, wire]).to(c["complex"])[:, :, 0]  # R(x)|0⟩
             factor = torch.einsum("zb,zd->zbd", column, column.conj())
-            if gate.noisy:
-                factor = torch.einsum("acbd,zbd->zac", channel, factor)
+            if channels[wire][0] is not None:
+                factor = torch.einsum("acbd,zbd->zac", channels[wire][0], factor)
             vector = torch.einsum("zac,pca->zp", factor, paulis).real
             state = vector if state is None else (state[:, :, None] * vector[:, None, :]).reshape(batch, -1)
         # Rows: the projectors |k⟩⟨k|, flattened; propagated by Õ'[b, d] = Σ Õ[a, c] S[a, c, b, d].
         observables = torch.zeros(dim, dim * dim, dtype=c["complex"], device=x.device)
         observables[torch.arange(dim), torch.arange(dim) * (dim + 1)] = 1.0
         flat = weights.reshape(-1)
-        for gate in reversed(self.gates[self.n :]):
+        for g in reversed(range(self.n, len(self.gates))):
+            gate = self.gates[g]
             if gate.name == "CNOT":
-                for wire in gate.wires:
-                    observables = self._on_wire(observables, channel[None], wire, adjoint=True)
+                for wire, channel in zip(gate.wires, channels[g]):
+                    if channel is not None:
+                        observables = self._on_wire(observables, channel[None], wire, adjoint=True)
                 observables = observables[:, c["cnot_pairs"][gate.wires]]
                 continue
             matrix = _rotations(gate.name, flat[gate.source - self.n][None]).to(c["complex"])
-            step = _rotation_step(matrix, channel if gate.noisy else None)
+            step = _rotation_step(matrix, channels[g][0])
             observables = self._on_wire(observables, step, gate.wires[0], adjoint=True)
         # Pauli coefficients Tr(O σ_P) of each propagated observable, wire by wire; ρ = 2^-n Σ_P v_P σ_P.
         coefficients = observables.reshape(dim, *[2] * (2 * self.n))

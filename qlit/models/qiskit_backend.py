@@ -112,6 +112,15 @@ def resolve_backend(name: str) -> Any:
     raise QlitError(f"unknown Qiskit backend {name!r}: use qiskit:fake_<device> (e.g. qiskit:fake_manila) or qiskit:ibm_<device>")  # noqa: E501
 
 
+def pass_manager(backend: Any, options: HardwareOptions) -> Any:
+    """The preset pass manager that transpiles qlit's circuits for ``backend`` (a fixed ``seed_transpiler``)."""
+    from qiskit.transpiler import generate_preset_pass_manager
+
+    return generate_preset_pass_manager(
+        optimization_level=options.optimization_level, backend=backend, seed_transpiler=options.seed
+    )
+
+
 def qiskit_circuit(spec: CircuitSpec, measure: bool = True) -> tuple[Any, Any, Any]:
     """``(circuit, inputs, weights)``: ``spec``'s circuit in Qiskit, with ParameterVectors for inputs and weights.
 
@@ -167,13 +176,7 @@ class QiskitRunner:
     def isa(self) -> Any:
         """The circuit in the device's native gates and layout, transpiled on first use only."""
         if self._isa is None:
-            from qiskit.transpiler import generate_preset_pass_manager
-
-            manager = generate_preset_pass_manager(
-                optimization_level=self.options.optimization_level, backend=self.backend,
-                seed_transpiler=self.options.seed,
-            )  # fmt: skip
-            self._isa = manager.run(self.circuit)
+            self._isa = pass_manager(self.backend, self.options).run(self.circuit)
             column = {p: i for i, p in enumerate([*self.inputs, *self.weights])}
             self._columns = [column[p] for p in self._isa.parameters]
         return self._isa
