@@ -108,11 +108,14 @@ class QlitCLI(RunBuilder):
     def robustness(self, model: Any, datamodule: Any = None, **options: Any) -> None:
         """Run ``qlit robustness``: `qlit.evaluation.robustness` on the resolved checkpoint, printing the table."""
         from qlit.evaluation.robustness import run_robustness
+        from qlit.models.hardware import device_circuit
 
         settings = options_of("robustness", options)
         if not settings.ckpt_path or datamodule is None:
             raise QlitError("qlit robustness needs a checkpoint and its data: --config <file> --ckpt_path best|FILE")
-        report = run_robustness(Path(settings.ckpt_path), datamodule, settings)
+        circuit = device_circuit(model)
+        device = None if circuit is None else (model.net.spec.backend, circuit.runner.options)
+        report = run_robustness(Path(settings.ckpt_path), datamodule, settings, device=device)
         print(Path(report["files"]["md"]).read_text(), end="")
         print(f"qlit robustness: wrote {Path(report['files']['md']).parent}", file=sys.stderr)
 

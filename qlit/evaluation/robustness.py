@@ -16,6 +16,12 @@ a twin checkpoint (``--twin_ckpt``: the same config trained with ``--model.core 
 the same fold; its split is checked too). Nothing is trained here, so without one the twin line is left
 out and the report says so.
 
+On a device (``--model.hardware qiskit:fake_manila``, or a real IBM device): the same rows also run on the device,
+once, at ``--model.hardware_shots`` a row (a device run is paid for, so it is not repeated), beside the accuracy
+qlit's simulator predicts for it under the device's calibration converted to qlit's channels
+(`qlit.models.calibration`). Its jobs are recorded in ``<run>/hardware`` as ``qlit test`` records them, so a killed
+sweep resumes without paying again.
+
 Writes ``robustness.json``, ``robustness.md`` and ``robustness.png`` into ``<run>/robustness`` (or
 ``robustness_1``, ... when that exists).
 """
@@ -25,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +49,7 @@ from qlit.io.preflight import check_checkpoint_fits, check_split
 from qlit.io.provenance import provenance
 from qlit.io.runs import unused_path
 from qlit.models.circuit import CHANNELS, CircuitSpec
+from qlit.models.hardware import device_circuit, send_ahead, usage_line, usage_summary
 
 # Which rows a sweep scores, and how its reports name them.
 SPLITS = {"val": "validation", "test": "test"}
@@ -81,8 +89,29 @@ def _scored_checkpoint(
     return checkpoint, model
 
 
+def _on_device(device: Any, hparams: dict[str, Any], state: dict, loader: Any, folder: Path) -> dict[str, Any]:
+    """The rows on ``device`` (``(name, HardwareOptions)``), and what qlit predicts there under its calibration."""
+    name, options = device
+    hardware = {"hardware": name, "hardware_shots": options.shots, "hardware_chunk": options.chunk}
+    model = classifier_from_hparams({**hparams, **hardware})
+    device_circuit(model).configure(options)
+    model.load_state_dict(state)
+    model.eval()
+    send_ahead(model, loader, folder)
+    acc = predict(model, loader).accuracy()
+    usage = usage_summary(device_circuit(model).runner, "robustness")
+    simulated = classifier_from_hparams(hparams, backend="qlit", conditions={"noise": name})
+    simulated.load_state_dict(state)
+    return {"backend": name, "shots": options.shots, "acc": acc, "predicted_acc": predict(simulated, loader).accuracy(),
+            "usage": usage}  # fmt: skip
+
+
 def run_robustness(
-    checkpoint_path: Path, datamodule: Any, settings: RobustnessOptions | None = None, out_dir: Path | None = None
+    checkpoint_path: Path,
+    datamodule: Any,
+    settings: RobustnessOptions | None = None,
+    out_dir: Path | None = None,
+    device: tuple[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score one checkpoint over ``settings``' noise levels × shot counts; write the table, JSON and figure.
 
@@ -94,6 +123,7 @@ def run_robustness(
         settings: The grid (channel, levels, shots, repeats, seed), the twin checkpoint and the split; the
             defaults of ``qlit robustness`` when ``None``.
         out_dir: Where to write (default: ``robustness`` beside the checkpoint's ``checkpoints`` folder).
+        device: ``(qiskit:<name>, HardwareOptions)``: also score the rows on that device (see module docstring).
 
     Returns:
         The report as written to ``robustness.json``, with ``"files"`` added.
@@ -135,10 +165,14 @@ def run_robustness(
         twin_checkpoint, twin_model = _scored_checkpoint(Path(twin_ckpt), datamodule, core="classical", split=split)
         twin_model.load_state_dict(twin_checkpoint["state_dict"])
         twin = predict(twin_model, loader).accuracy()
+    on_device = None
+    if device is not None:
+        on_device = _on_device(device, hparams, state, loader, checkpoint_path.parent.parent / "hardware")
     report = {
         "checkpoint": str(checkpoint_path), "channel": channel, "levels": list(levels), "shots": list(shots),
         "repeats": repeats, "seed": seed, "split": split, "n_rows": len(loader.dataset), "noiseless_acc": exact,
         "twin_ckpt": None if twin_ckpt is None else str(twin_ckpt), "twin_acc": twin, "cells": cells,
+        "device": on_device,
         "model": {k: hparams[k] for k in ("n_qubits", "n_layers", "ansatz", "embedding") if k in hparams},
         "provenance": provenance(datamodule.split_identity()),
     }
@@ -149,6 +183,8 @@ def run_robustness(
     paths["md"].write_text(robustness_table(report))
     save_png(robustness_figure(report), paths["png"])
     report["files"] = {k: str(v) for k, v in paths.items()}
+    if on_device is not None:
+        print(usage_line(on_device["usage"], f" ({paths['json']})"), file=sys.stderr)
     return report
 
 
@@ -198,6 +234,14 @@ def robustness_table(report: dict[str, Any]) -> str:
                      "pass its checkpoint as --twin_ckpt).")
     else:
         lines.append(f"Classical twin (`{report['twin_ckpt']}`): {report['twin_acc']:.3f}.")
+    device = report.get("device")
+    if device is not None:
+        name, gap = device["backend"].removeprefix("qiskit:"), 100 * (device["predicted_acc"] - device["acc"])
+        lines.append(
+            f"On the device {name} ({device['shots']} shots a row, once): {device['acc']:.3f}; qlit's simulator under "
+            f"the device's calibration converted to its channels, exact: {device['predicted_acc']:.3f} ({gap:+.1f} "
+            f"points). Device use: {device['usage']['circuits']} circuits in {device['usage']['jobs']} jobs."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -216,10 +260,14 @@ def robustness_figure(report: dict[str, Any]):
     ax.axhline(report["noiseless_acc"], color="black", linestyle="--", linewidth=1, label="noiseless, exact")
     if report["twin_acc"] is not None:
         ax.axhline(report["twin_acc"], color=PALETTE[5], linestyle=":", linewidth=1.5, label="classical twin")
+    if report.get("device") is not None:
+        ax.axhline(report["device"]["acc"], color=PALETTE[3], linestyle="-.", linewidth=1.5,
+                   label=f"device {report['device']['backend'].removeprefix('qiskit:')}")
     ax.set_xticks(positions, [f"{level:g}" for level in levels])
     ax.set_xlabel(f"{report['channel']} probability per gate")
     ax.set_ylabel(f"{_split_words(report)} accuracy")
-    low = min([c["acc_mean"] - c["acc_sd"] for c in report["cells"]] + [report["twin_acc"] or 1.0])
+    device_acc = report["device"]["acc"] if report.get("device") else 1.0
+    low = min([c["acc_mean"] - c["acc_sd"] for c in report["cells"]] + [report["twin_acc"] or 1.0, device_acc])
     ax.set_ylim(max(0.0, math.floor(low * 10) / 10 - 0.05), 1.02)
     ax.legend(fontsize=8, loc="lower left")
     model = report["model"]

@@ -50,18 +50,23 @@ def refuse_training(model: Any) -> None:
         )
 
 
-def send_ahead(model: Any, loaders: Any) -> None:
+def send_ahead(model: Any, loaders: Any, folder: Path | None = None) -> None:
     """Send every row of the pass's data to the device first, a chunk per job, before the steps ask for them.
 
     The pre-net runs here on the CPU; the circuit's inputs are collected and sent together, so a test set is one
     job per chunk of rows, not one per batch.
+
+    Args:
+        model: A `HybridClassifier`; nothing happens unless it evaluates on a device.
+        loaders: The pass's loader or loaders of ``(features, ...)`` batches.
+        folder: Where job ids and results are kept; default ``<trainer log_dir>/hardware`` (none without a trainer).
     """
     circuit = device_circuit(model)
     if circuit is None:
         return
     circuit.runner.reset_usage()
     log_dir = model.trainer.log_dir if model._trainer is not None else None
-    circuit.runner.folder = Path(log_dir) / "hardware" if log_dir else None
+    circuit.runner.folder = folder or (Path(log_dir) / "hardware" if log_dir else None)
     loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
     circuit.collecting = []
     try:
@@ -76,27 +81,37 @@ def send_ahead(model: Any, loaders: Any) -> None:
         circuit.prefetch(torch.cat(rows))
 
 
+def usage_summary(runner: Any, stage: str) -> dict[str, Any]:
+    """What ``runner`` (a `QiskitRunner`) asked its device for since its usage was reset, as plain data."""
+    usage = runner.usage
+    return {
+        "backend": runner.name, "stage": stage, "circuits": usage.circuits, "jobs": usage.jobs,
+        "shots": usage.shots, "shots_per_circuit": runner.options.shots, "chunk": runner.options.chunk,
+        "reused_jobs": usage.reused_chunks, "taken_up_jobs": usage.taken_up, "retries": usage.retries,
+        "device_seconds": usage.device_seconds, "job_ids": usage.job_ids,
+    }  # fmt: skip
+
+
+def usage_line(summary: dict[str, Any], where: str = "") -> str:
+    """`usage_summary` as the one line every hardware run ends with."""
+    seconds = "not reported" if summary["device_seconds"] is None else f"{summary['device_seconds']:g} s"
+    return (
+        f"qlit: hardware {summary['backend']}: {summary['circuits']} circuits in {summary['jobs']} jobs, "
+        f"{summary['shots']} shots, {summary['reused_jobs']} finished jobs reused, {summary['taken_up_jobs']} "
+        f"unfinished jobs taken up, device time {seconds}{where}"
+    )
+
+
 def report_usage(model: Any, stage: str) -> None:
     """Write what the device was asked for (``hardware_<stage>.json``) and say it on one line."""
     circuit = device_circuit(model)
     if circuit is None or not model.trainer.is_global_zero:
         return
-    usage, runner = circuit.runner.usage, circuit.runner
-    summary = {
-        "backend": runner.name, "stage": stage, "circuits": usage.circuits, "jobs": usage.jobs,
-        "shots": usage.shots, "shots_per_circuit": runner.options.shots, "chunk": runner.options.chunk,
-        "reused_jobs": usage.reused_chunks, "retries": usage.retries, "device_seconds": usage.device_seconds,
-        "job_ids": usage.job_ids,
-    }  # fmt: skip
+    summary = usage_summary(circuit.runner, stage)
     where = ""
     if model.trainer.log_dir:
         path = Path(model.trainer.log_dir) / f"hardware_{stage}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(summary, indent=1) + "\n")
         where = f" ({path})"
-    seconds = "not reported" if usage.device_seconds is None else f"{usage.device_seconds:g} s"
-    print(
-        f"qlit: hardware {runner.name}: {usage.circuits} circuits in {usage.jobs} jobs, {usage.shots} shots, "
-        f"{usage.reused_chunks} finished jobs reused, device time {seconds}{where}",
-        file=sys.stderr,
-    )
+    print(usage_line(summary, where), file=sys.stderr)

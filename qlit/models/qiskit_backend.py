@@ -157,6 +157,7 @@ class QiskitRunner:
         folder: Where job ids and results are recorded (None: nowhere); set per run by the classifier.
         usage: Circuits, jobs and shots used since the last `reset_usage`.
         wrap: ``wrap(sampler_run) -> sampler_run``, for tests that fail or stall chosen jobs.
+        take_up: ``take_up(job_id) -> job or None`` in place of the IBM service's lookup of an unfinished job.
     """
 
     def __init__(self, spec: CircuitSpec, options: HardwareOptions | None = None) -> None:
@@ -172,6 +173,7 @@ class QiskitRunner:
         self.folder: Path | None = None
         self.usage = Usage()
         self.wrap: Any = None
+        self.take_up: Any = None
 
     def isa(self) -> Any:
         """The circuit in the device's native gates and layout, transpiled on first use only."""
@@ -203,12 +205,12 @@ class QiskitRunner:
         scheduler = JobScheduler(
             self._submit, self._collect, JobRecord(self.folder), o.shots, max_in_flight=o.max_in_flight,
             timeout_s=timeout, retries=o.retries, backoff_s=o.backoff_s, poll_s=0.05 if fake else 2.0,
-            device_time=None if fake else _device_seconds,
+            device_time=None if fake else _device_seconds, retrieve=self._retrieve,
         )  # fmt: skip
         try:
             return np.concatenate(scheduler.run(chunks))
         finally:
-            for name in ("circuits", "jobs", "shots", "reused_chunks", "retries"):
+            for name in ("circuits", "jobs", "shots", "reused_chunks", "taken_up", "retries"):
                 setattr(self.usage, name, getattr(self.usage, name) + getattr(scheduler.usage, name))
             self.usage.add_device_time(scheduler.usage.device_seconds)
             self.usage.job_ids += scheduler.usage.job_ids
@@ -226,6 +228,14 @@ class QiskitRunner:
             sampler.options.simulator.seed_simulator = self.options.seed + chunk.start
         run = sampler.run if self.wrap is None else self.wrap(sampler.run)
         return run([(isa, chunk.values[:, self._columns])])
+
+    def _retrieve(self, job_id: str) -> Any:
+        """The job ``job_id`` that a killed run left on the device, from the IBM service; None for a fake device,
+        whose jobs ran in the killed process (``take_up`` lets tests stand in for the service)."""
+        if self.take_up is not None:
+            return self.take_up(job_id)
+        service = getattr(self.backend, "service", None)
+        return None if self.name.startswith("fake_") or service is None else service.job(job_id)
 
     def _collect(self, job: Any) -> np.ndarray:
         bits = job.result()[0].join_data()

@@ -4,6 +4,10 @@ record of every job in the run folder so a killed run resumes without paying aga
 The scheduler knows nothing of Qiskit: it sends `Chunk`s of rows through a ``submit`` function that returns a
 job (anything with ``job_id()``, ``done()``, ``result()`` and, if it can, ``cancel()``) and turns the finished job
 into one array row per input row with ``collect``. Every row gets a result or the command fails naming the job.
+
+A job that was still running when its command was killed is taken up by its id on the next run (``retrieve``: a
+real device's service keeps its jobs), so it is neither paid for twice nor lost; where the job cannot be found
+again (a fake device's jobs live in the killed process) its chunk is sent again.
 """
 
 from __future__ import annotations
@@ -56,6 +60,13 @@ class JobRecord:
             except (OSError, ValueError) as err:
                 raise QlitError(f"{folder / RECORD} is not a readable job record: {err}") from err
 
+    def unfinished(self, key: str) -> tuple[str, int] | None:
+        """``(job id, tries)`` of chunk ``key``'s job when a run stopped while it was running, else None."""
+        entry = self.jobs.get(key)
+        if entry is None or entry.get("status") != "submitted" or not entry.get("job_ids"):
+            return None
+        return str(entry["job_ids"][-1]), int(entry.get("tries", 1))
+
     def result(self, key: str, rows: int) -> np.ndarray | None:
         """The finished result of chunk ``key``, or None when there is none (or not one row per input row)."""
         if self.folder is None or not (self.folder / f"{key}.npz").is_file():
@@ -99,6 +110,7 @@ class Usage:
     jobs: int = 0
     shots: int = 0
     reused_chunks: int = 0
+    taken_up: int = 0
     retries: int = 0
     device_seconds: float | None = None
     job_ids: list[str] = field(default_factory=list)
@@ -126,6 +138,8 @@ class JobScheduler:
         record: Where job ids and results are kept (a killed run resumes from it).
         shots: Shots per row, for the usage count.
         device_time: ``device_time(job) -> seconds or None``, as the backend reports it.
+        retrieve: ``retrieve(job_id) -> job or None``: a job an earlier run submitted and did not see finish, found
+            again by its id (None: not found, the chunk is sent again).
         poll_s: The longest wait between two looks at the running jobs; the waits start at a millisecond and double
             while nothing changes (a real device's service should not be asked every few milliseconds).
     """
@@ -142,26 +156,30 @@ class JobScheduler:
         backoff_s: float = 2.0,
         poll_s: float = 0.05,
         device_time: Callable[[Any], float | None] | None = None,
+        retrieve: Callable[[str], Any] | None = None,
     ) -> None:
         self.submit, self.collect, self.record, self.shots = submit, collect, record, shots
         self.max_in_flight, self.timeout_s, self.retries = max_in_flight, timeout_s, retries
         self.backoff_s, self.poll_s = backoff_s, poll_s
         self.device_time = device_time or (lambda job: None)
+        self.retrieve = retrieve or (lambda job_id: None)
         self.usage = Usage()
 
     def run(self, chunks: Sequence[Chunk]) -> list[np.ndarray]:
         """One result array per chunk, in order; raises a one-line `QlitError` naming a job that failed for good."""
         results: dict[int, np.ndarray] = {}
         waiting: list[tuple[Chunk, int, float]] = []  # chunk, tries so far, not before (monotonic)
+        running: list[_Running] = []
         for i, chunk in enumerate(chunks):
             done = self.record.result(chunk.key, len(chunk.values))
             if done is not None:
                 results[i] = done
                 self.usage.reused_chunks += 1
+            elif (taken := self._take_up(chunk)) is not None:
+                running.append(taken)
             else:
                 waiting.append((chunk, 0, 0.0))
         order = {chunk.key: i for i, chunk in enumerate(chunks)}
-        running: list[_Running] = []
         pause = 0.001
         while waiting or running:
             now = time.monotonic()
@@ -186,6 +204,22 @@ class JobScheduler:
                 time.sleep(pause)
                 pause = min(2 * pause, self.poll_s)
         return [results[i] for i in range(len(chunks))]
+
+    def _take_up(self, chunk: Chunk) -> _Running | None:
+        """The job an earlier run left running for ``chunk``, found again by its id, or None."""
+        unfinished = self.record.unfinished(chunk.key)
+        if unfinished is None:
+            return None
+        job_id, tries = unfinished
+        try:
+            job = self.retrieve(job_id)
+        except Exception:  # noqa: BLE001  (a job the service cannot find again is sent again)
+            job = None
+        if job is None:
+            return None
+        self.usage.taken_up += 1
+        self.usage.job_ids.append(job_id)
+        return _Running(chunk, job, job_id, tries, time.monotonic() + self.timeout_s)
 
     def _start(self, chunk: Chunk, tries: int, waiting: list) -> _Running | None:
         try:

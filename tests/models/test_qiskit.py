@@ -163,6 +163,49 @@ def test_a_stalled_job_past_its_retries_is_cancelled_and_named():
         _scheduler(device, retries=1).run(_chunks())
 
 
+def _killed_with_jobs_running(folder):
+    """A run stopped (as by kill) while chunks 4 and 8 were on the device: chunk 0 done, 4 and 8 still submitted."""
+    device = Device(stall={(4, 0)})
+
+    def collect(job):
+        if job.id == "job-8-0":
+            raise KeyboardInterrupt
+        return job.result()
+
+    scheduler = JobScheduler(device.submit, collect, JobRecord(folder), shots=100, max_in_flight=3, timeout_s=60,
+                             retries=0, backoff_s=0, poll_s=0.005)  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        scheduler.run(_chunks())
+    return device
+
+
+def test_a_rerun_takes_up_the_jobs_a_killed_run_left_running_by_their_ids(tmp_path):
+    chunks = _chunks()
+    _killed_with_jobs_running(tmp_path)
+    record = json.loads((tmp_path / "jobs.json").read_text())
+    assert sorted((e["start"], e["status"]) for e in record.values()) == [(0, "done"), (4, "submitted"),
+                                                                          (8, "submitted")]
+    # the service kept both jobs and they finished meanwhile: the rerun collects them and sends nothing
+    service = {f"job-{c.start}-0": FakeJob(f"job-{c.start}-0", c.values * 2) for c in chunks[1:]}
+    asked, device = [], Device()
+    scheduler = JobScheduler(device.submit, lambda job: job.result(), JobRecord(tmp_path), shots=100,
+                             retrieve=lambda job_id: asked.append(job_id) or service.get(job_id))  # fmt: skip
+    out = np.concatenate(scheduler.run(chunks))
+    np.testing.assert_array_equal(out, np.arange(20.0).reshape(10, 2) * 2)
+    assert sorted(asked) == ["job-4-0", "job-8-0"] and device.submitted == []
+    assert (scheduler.usage.taken_up, scheduler.usage.reused_chunks, scheduler.usage.jobs) == (2, 1, 0)
+    assert all(e["status"] == "done" for e in json.loads((tmp_path / "jobs.json").read_text()).values())
+
+
+def test_jobs_the_service_cannot_find_again_are_sent_again(tmp_path):
+    _killed_with_jobs_running(tmp_path)
+    device = Device()
+    scheduler = JobScheduler(device.submit, lambda job: job.result(), JobRecord(tmp_path), shots=100,
+                             retrieve=lambda job_id: None)  # fmt: skip
+    np.testing.assert_array_equal(np.concatenate(scheduler.run(_chunks())), np.arange(20.0).reshape(10, 2) * 2)
+    assert sorted(device.submitted) == [(4, 0), (8, 0)] and scheduler.usage.taken_up == 0
+
+
 # ------------------------------------------------------------------------------------------ a fake IBM device
 def test_runner_on_a_fake_device_sends_one_job_per_chunk_and_retries_a_failed_one():
     runner = qb.QiskitRunner(CircuitSpec(2, 1, "basic", "X", backend="qiskit:fake_manila"),
@@ -185,6 +228,42 @@ def test_runner_on_a_fake_device_sends_one_job_per_chunk_and_retries_a_failed_on
     np.testing.assert_allclose(out, [[1, 1], [-1, -1], [-1, 1], [1, 1], [-1, -1]], atol=0.2)
     assert sorted(calls) == [1, 2, 2, 2] and runner.usage.jobs == 3 and runner.usage.retries == 1
     assert runner.usage.shots == 5 * 512 and runner.usage.circuits == 5
+
+
+def test_a_fake_device_job_left_running_is_taken_up_and_gives_the_uninterrupted_result(tmp_path):
+    """Through the real runner and Aer: a run killed while a job ran; the rerun collects that job, sends nothing."""
+    spec = CircuitSpec(2, 1, "basic", "X", backend="qiskit:fake_manila")
+    options = qb.HardwareOptions(shots=256, chunk=2, max_in_flight=1)  # chunk 0 finishes before chunk 1 is sent
+    angles, weights = np.array([[0.1, 0.2], [np.pi, 0.0], [0.5, -0.5], [1.0, 2.0]]), np.array([0.3, -0.2])
+    expected = qb.QiskitRunner(spec, options).expectations(angles, weights)
+    jobs, sent = {}, []
+
+    def wrap(run):
+        def keeping(pubs):
+            job = run(pubs)
+            jobs[job.job_id()] = job
+            sent.append(job.job_id())
+            return job
+
+        return keeping
+
+    first = qb.QiskitRunner(spec, options)
+    first.folder, first.wrap = tmp_path, wrap
+    collect = first._collect
+
+    def killed_at_the_second_job(job):
+        if len(sent) == 2 and job.job_id() == sent[1]:
+            raise KeyboardInterrupt
+        return collect(job)
+
+    first._collect = killed_at_the_second_job
+    with pytest.raises(KeyboardInterrupt):
+        first.expectations(angles, weights)
+    rerun = qb.QiskitRunner(spec, options)
+    rerun.folder, rerun.wrap, rerun.take_up = tmp_path, wrap, jobs.get
+    sent.clear()
+    np.testing.assert_array_equal(rerun.expectations(angles, weights), expected)
+    assert sent == [] and rerun.usage.taken_up == 1 and rerun.usage.reused_chunks == 1 and rerun.usage.jobs == 0
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +301,27 @@ def test_qlit_predict_on_a_fake_device(run, capsys):
     assert "qlit: hardware fake_manila:" in err and "predict" in (run_dir / "hardware_predict.json").read_text()
     summary = json.loads((run_dir / "hardware_predict.json").read_text())
     assert summary["jobs"] <= 1 and summary["circuits"] + summary["reused_jobs"] > 0
+
+
+def test_qlit_robustness_on_a_fake_device_scores_the_rows_there_beside_qlits_prediction(run, capsys):
+    run_dir, args = run
+    grid = ["--noise_levels=[0]", "--shots=[null]"]
+    main(["robustness", *args, *HARDWARE, *grid])
+    captured = capsys.readouterr()
+    report = json.loads((run_dir / "robustness" / "robustness.json").read_text())
+    device = report["device"]
+    assert device["backend"] == "qiskit:fake_manila" and device["shots"] == 1024
+    assert 0 <= device["acc"] <= 1 and 0 <= device["predicted_acc"] <= 1
+    rows = report["n_rows"]  # the validation rows: the split the grid scored
+    assert device["usage"]["circuits"] + 8 * device["usage"]["reused_jobs"] >= rows and device["usage"]["jobs"] <= -(
+        -rows // 8)
+    assert "On the device fake_manila (1024 shots a row, once)" in captured.out
+    assert "qlit: hardware fake_manila:" in captured.err and "robustness.json" in captured.err
+    # the same sweep again pays for nothing: its jobs are in the run folder's record
+    main(["robustness", *args, *HARDWARE, *grid])
+    again = json.loads((run_dir / "robustness_1" / "robustness.json").read_text())["device"]
+    assert again["usage"]["jobs"] == 0 and (again["acc"], again["predicted_acc"]) == (device["acc"],
+                                                                                     device["predicted_acc"])
 
 
 def test_training_on_a_device_is_refused_in_one_line(run, capsys):
