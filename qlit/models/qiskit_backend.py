@@ -112,6 +112,19 @@ def resolve_backend(name: str) -> Any:
     raise QlitError(f"unknown Qiskit backend {name!r}: use qiskit:fake_<device> (e.g. qiskit:fake_manila) or qiskit:ibm_<device>")  # noqa: E501
 
 
+def check_primitives(backend: Any, name: str) -> None:
+    """Raise a one-line `QlitError` unless ``backend`` takes SamplerV2 jobs: a BackendV2 whose target measures."""
+    from qiskit.providers import BackendV2
+
+    target = getattr(backend, "target", None) if isinstance(backend, BackendV2) else None
+    if target is None or "measure" not in target.operation_names:
+        kind = type(backend).__name__
+        raise QlitError(
+            f"backend {name!r} ({kind}) does not support the V2 primitives qlit sends its jobs through: SamplerV2 "
+            "needs a BackendV2 whose target has measure"
+        )
+
+
 def pass_manager(backend: Any, options: HardwareOptions) -> Any:
     """The preset pass manager that transpiles qlit's circuits for ``backend`` (a fixed ``seed_transpiler``)."""
     from qiskit.transpiler import generate_preset_pass_manager
@@ -165,6 +178,7 @@ class QiskitRunner:
         self.options = (options or HardwareOptions()).check()
         self.backend = resolve_backend(spec.backend)
         self.name = spec.backend.removeprefix(PREFIX)
+        check_primitives(self.backend, self.name)
         device_qubits = self.backend.num_qubits
         if spec.n_qubits > device_qubits:
             raise QlitError(f"n_qubits={spec.n_qubits} does not fit {self.name}, which has {device_qubits} qubits")

@@ -324,6 +324,45 @@ def test_qlit_robustness_on_a_fake_device_scores_the_rows_there_beside_qlits_pre
                                                                                      device["predicted_acc"])
 
 
+def test_a_backend_without_the_v2_primitives_is_one_line(run, capsys, monkeypatch):
+    """A BackendV2 whose target cannot measure (SamplerV2 refuses it) is named in one line before anything runs."""
+    from qiskit.circuit.library import CXGate, SXGate
+    from qiskit.providers import BackendV2, Options
+    from qiskit.transpiler import Target
+
+    class GatesOnly(BackendV2):
+        def __init__(self):
+            super().__init__(name="gates_only")
+            self._target = Target(num_qubits=5)
+            self._target.add_instruction(SXGate(), {(q,): None for q in range(5)})
+            self._target.add_instruction(CXGate(), {(q, q + 1): None for q in range(4)})
+
+        @property
+        def target(self):
+            return self._target
+
+        @property
+        def max_circuits(self):
+            return None
+
+        @classmethod
+        def _default_options(cls):
+            return Options()
+
+        def run(self, run_input, **options):
+            raise AssertionError("never sent")
+
+    monkeypatch.setattr(qb, "resolve_backend", lambda name: GatesOnly())
+    run_dir, args = run
+    before = sorted(p.name for p in run_dir.iterdir())
+    with pytest.raises(SystemExit) as stop:
+        main(["test", *args, *HARDWARE])
+    assert stop.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("qlit: error: backend 'fake_manila' (GatesOnly) does not support the V2 primitives")
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+
+
 def test_training_on_a_device_is_refused_in_one_line(run, capsys):
     _, args = run
     with pytest.raises(SystemExit) as stop:
