@@ -14,8 +14,10 @@ arithmetic, decides the speed. What the simulator exploits:
   function with a hand-written backward: the gradient of a gate angle with Pauli generator ``Q`` in
   layer ``l`` is ``½ Im Tr(Q P_l (∂L/∂V)^† V P_l^†)``, ``P_l`` being the circuit up to layer ``l``;
 * with many qubits (7 and more, or 6 with a large batch) the gates are applied to the states
-  instead, with ordinary autograd: the first layer still acts on the product state, and each later
-  layer's rotations are applied a few wires at a time as one Kronecker-product matrix.
+  instead (`qlit.models.wide`): the first layer still acts on the product state, and each later
+  layer's rotations are applied three wires at a time as one Kronecker-product matrix, one large
+  matrix product per group; states too large for the cache go through all the groups in cache-sized
+  blocks, and their backward recomputes each block instead of keeping every intermediate state.
 
 Both paths need the sine and gradient tables of `_gate_tables`, which exist for ``basic`` and
 ``strong``. Every other ansatz, and every circuit under gate noise or with finite shots, runs on the
@@ -35,6 +37,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from qlit.models import gates as general
+from qlit.models import wide
 from qlit.models.circuit import CircuitSpec, entangler_pairs, init_weights, weight_shape
 
 # The fused unitary costs O(4^n) memory and O(8^n) work per step whatever the batch. Measured on a
@@ -44,8 +47,6 @@ FUSED_MAX_QUBITS = 6
 # The ansätze with hand-derived tables for the fused and the table-driven gate paths.
 TABLE_ANSATZES = ("basic", "strong")
 FUSED_MAX_BATCH_AT_MAX_QUBITS = 1024
-# Number of wires whose rotations are multiplied into one matrix before it touches the states.
-GROUP_WIRES = 4
 
 
 def autocast_on(device_type: str) -> bool:
@@ -378,21 +379,9 @@ class StatevectorCircuit(nn.Module):
         return grad if self.embedding_scale == 0.5 else grad.mul_(2 * self.embedding_scale)
 
     def _apply_gates(self, x: torch.Tensor, weights: torch.Tensor, c: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Gate-by-gate path (ordinary autograd), states as ``(2^n, B)`` complex columns."""
-        n, batch = self.n_qubits, x.shape[0]
+        """Gate-layer path (ordinary autograd, `qlit.models.wide`): the first layer acts on the product state."""
         gates = self._gates(weights, c)[1]
-        # The first layer acts on the product state, which stays a product state.
         factors = gates[0] @ self._embedding_factors(x, c).to(gates.dtype)
-        states = factors[0]
-        for wire in range(1, n):
-            states = (states[:, None, :] * factors[wire][None]).reshape(-1, batch)
-        for layer in range(1, gates.shape[0]):
-            states = states[self.perms[layer - 1]]
-            for start in range(0, n, GROUP_WIRES):
-                matrix = gates[layer, start]
-                for wire in range(start + 1, min(start + GROUP_WIRES, n)):
-                    size = 2 * matrix.shape[0]
-                    matrix = (matrix[:, None, :, None] * gates[layer, wire][None, :, None, :]).reshape(size, size)
-                states = torch.matmul(matrix, states.reshape(2**start, matrix.shape[0], -1)).reshape(-1, batch)
-        probs = states.real.square() + states.imag.square()
-        return (c["z_signs"].T @ probs).T
+        if "inverse_perms" not in c:  # built on first use: only this path needs them
+            c["inverse_perms"] = torch.argsort(c["perms"], dim=1)
+        return wide.run(gates, factors, c["perms"], c["inverse_perms"], c["z_signs"])
