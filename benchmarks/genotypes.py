@@ -10,7 +10,12 @@ memory is its own:
 - ``sklearn``: the same PCA against scikit-learn's ``PCA(svd_solver="randomized")`` and an exact
   eigendecomposition on the first 50,000 SNPs (in memory as float64);
 - ``plink2``: ``plink2 --maf 0.01 --pca approx`` on the whole fileset against qlit's PCA fit on every
-  individual, if ``plink2`` is installed (Debian: ``apt-get install plink2``).
+  individual, if ``plink2`` is installed (Debian: ``apt-get install plink2``);
+- with ``--reference DIR`` (a folder holding another ``qlit`` package, e.g. the last commit's:
+  ``git archive HEAD qlit | tar -x -C DIR``), ``folds`` again with that code, in the same run, and the
+  |correlation| of each fold's PCA scores (every individual, per component) between the two.
+
+``--stages`` picks some of the stages (e.g. ``read,folds``).
 
 Run it under the shared lock, one timing benchmark at a time on the machine:
 
@@ -54,10 +59,10 @@ def stage_read(prefix: str, **_) -> dict:
     return {"seconds": time.perf_counter() - start, "shape": list(x.shape), "peak_rss_gb": _peak_rss_gb()}
 
 
-def stage_folds(prefix: str, folds: int, n_components: int, **_) -> dict:
+def stage_folds(prefix: str, folds: int, n_components: int, scores: str | None = None, **_) -> dict:
     from qlit.data.plink import PlinkDataModule
 
-    times, kept = [], []
+    times, kept, fold_scores = [], [], {}
     start = time.perf_counter()
     for fold in range(folds):
         t0 = time.perf_counter()
@@ -65,10 +70,14 @@ def stage_folds(prefix: str, folds: int, n_components: int, **_) -> dict:
         dm.setup("fit")
         times.append(time.perf_counter() - t0)
         kept.append(dm.raw_features)
+        fold_scores[f"fold{fold}"] = dm.x
     total = time.perf_counter() - start
     t0 = time.perf_counter()
     dm.fileset.sha256()
+    if scores:
+        np.savez(scores, **fold_scores)
     return {
+        "code": str(Path(sys.modules["qlit"].__file__).parents[1]),
         "seconds": total,
         "per_fold": times,
         "snps_kept": kept,
@@ -154,13 +163,63 @@ def stage_plink2(prefix: str, n_components: int, min_maf: float, **_) -> dict:
 STAGES = {"read": stage_read, "folds": stage_folds, "sklearn": stage_sklearn, "plink2": stage_plink2}
 
 
-def _child(stage: str, args: argparse.Namespace) -> dict:
+def _child(stage: str, args: argparse.Namespace, root: str | None = None, scores: str | None = None) -> dict:
     command = [sys.executable, __file__, "--stage", stage, "--data", args.data, "--folds", str(args.folds),
                "--n-components", str(args.n_components), "--subset", str(args.subset), "--min-maf", str(args.min_maf)]
+    command += ["--root", root] if root else []
+    command += ["--scores", scores] if scores else []
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"stage {stage} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _report(results: dict, args: argparse.Namespace) -> None:
+    """Print the table and comparisons of the stages that ran."""
+    read, folds = results.get("read"), results.get("folds")
+    if read or folds:
+        rows, snps = read["shape"] if read else (args.individuals, args.snps)
+        print(f"\n| {rows:,} x {snps:,}, {args.folds} folds, n_components={args.n_components} | seconds | peak RSS |")
+        print("|---|---|---|")
+    if read:
+        print(f"| one full read of the .bed (int8, the I/O floor) | {read['seconds']:.1f} | "
+              f"{read['peak_rss_gb']:.2f} GB |")
+    runs = [(name, results[key]) for name, key in (("", "folds"), ("reference code: ", "reference")) if key in results]
+    for name, run in runs:
+        ratio = f" ({run['seconds'] / read['seconds']:.1f}x the floor)" if read else ""
+        print(f"| {name}load + QC + PCA, all {args.folds} folds | {run['seconds']:.1f}{ratio} | "
+              f"{run['peak_rss_gb']:.2f} GB |")
+        print(f"| {name}per fold | {', '.join(f'{t:.1f}' for t in run['per_fold'])} | |")
+    if folds:
+        print(f"| SHA-256 of .bed/.bim/.fam (split identity, once per setup) | {folds['hash_seconds']:.1f} | |")
+        print(f"\nSNPs kept by min_maf={args.min_maf}: {folds['snps_kept']}")
+    if "reference" in results:
+        ref = results["reference"]
+        worst = np.min(ref["abs_corr"], axis=0)
+        print(f"reference code {ref['code']}: SNPs kept {ref['snps_kept']}; |corr| of each fold's scores against "
+              f"it, lowest over folds per component: {', '.join(f'{c:.6f}' for c in worst)}")
+    sk = results.get("sklearn")
+    if sk:
+        corr = ", ".join(f"{c:.4f}" for c in sk["qlit_vs_sklearn_abs_corr"])
+        exact = ", ".join(f"{c:.4f}" for c in sk["qlit_vs_exact_abs_corr"])
+        sk_exact = ", ".join(f"{c:.4f}" for c in sk["sklearn_vs_exact_abs_corr"])
+        ratio = sk["qlit_seconds"] / sk["sklearn_seconds"]
+        print(f"\n{args.individuals:,} x {sk['snps']:,} ({sk['snps_kept']:,} kept): qlit {sk['qlit_seconds']:.1f} s, "
+              f"scikit-learn randomized {sk['sklearn_seconds']:.1f} s (time ratio qlit/sklearn {ratio:.2f}), "
+              f"exact eigh {sk['exact_seconds']:.1f} s")
+        print(f"  |corr| per component: qlit vs sklearn {corr}; qlit vs exact {exact}; sklearn vs exact {sk_exact}")
+    p2 = results.get("plink2")
+    if p2 is None:
+        return
+    if not p2.get("available"):
+        print(f"\nplink2: {p2['why']}")
+    elif "failed" in p2:
+        print(f"\nplink2 failed ({p2['command']}):\n{p2['failed']}")
+    else:
+        corr = ", ".join(f"{c:.4f}" for c in p2["qlit_vs_plink2_abs_corr"])
+        print(f"\n{p2['version']}: --pca approx {p2['plink2_seconds']:.1f} s; "
+              f"qlit on all rows {p2['qlit_seconds']:.1f} s "
+              f"(time ratio qlit/plink2 {p2['qlit_seconds'] / p2['plink2_seconds']:.2f}); |corr| per component {corr}")
 
 
 def main() -> None:
@@ -172,11 +231,17 @@ def main() -> None:
     parser.add_argument("--n-components", type=int, default=4)
     parser.add_argument("--subset", type=int, default=50_000, help="SNPs of the scikit-learn comparison")
     parser.add_argument("--min-maf", type=float, default=0.01)
+    parser.add_argument("--stages", default="read,folds,sklearn,plink2", help="stages to run, comma-separated")
+    parser.add_argument("--reference", help="folder holding another qlit package: folds again with it, compared")
     parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
+    parser.add_argument("--scores", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage:
+        if args.root:
+            sys.path.insert(0, str(Path(args.root).resolve()))
         print(json.dumps(STAGES[args.stage](args.data, folds=args.folds, n_components=args.n_components,
-                                            subset=args.subset, min_maf=args.min_maf)))
+                                            subset=args.subset, min_maf=args.min_maf, scores=args.scores)))
         return
     if not Path(f"{args.data}.bed").exists():
         from qlit.data.genotype_sim import write_fileset
@@ -185,35 +250,23 @@ def main() -> None:
         write_fileset(args.data, args.individuals, args.snps)
         print(f"wrote {args.data}.bed in {time.perf_counter() - start:.0f} s")
     size = Path(f"{args.data}.bed").stat().st_size
-    print(f"fileset {args.data}: {size / 1e6:.0f} MB .bed; {os.cpu_count()} CPUs")
-    results = {stage: _child(stage, args) for stage in ("read", "folds", "sklearn", "plink2")}
-    read, folds, sk, p2 = (results[s] for s in ("read", "folds", "sklearn", "plink2"))
-    rows, snps = read["shape"]
-    print(f"\n| {rows:,} x {snps:,}, {args.folds} folds, n_components={args.n_components} | seconds | peak RSS |")
-    print("|---|---|---|")
-    print(f"| one full read of the .bed (int8, the I/O floor) | {read['seconds']:.1f} | {read['peak_rss_gb']:.2f} GB |")
-    print(f"| load + QC + PCA, all {args.folds} folds | {folds['seconds']:.1f} "
-          f"({folds['seconds'] / read['seconds']:.1f}x the floor) | {folds['peak_rss_gb']:.2f} GB |")
-    print(f"| per fold | {', '.join(f'{t:.1f}' for t in folds['per_fold'])} | |")
-    print(f"| SHA-256 of .bed/.bim/.fam (split identity, once per setup) | {folds['hash_seconds']:.1f} | |")
-    print(f"\nSNPs kept by min_maf={args.min_maf}: {folds['snps_kept']}")
-    corr = ", ".join(f"{c:.4f}" for c in sk["qlit_vs_sklearn_abs_corr"])
-    exact = ", ".join(f"{c:.4f}" for c in sk["qlit_vs_exact_abs_corr"])
-    sk_exact = ", ".join(f"{c:.4f}" for c in sk["sklearn_vs_exact_abs_corr"])
-    ratio = sk["qlit_seconds"] / sk["sklearn_seconds"]
-    print(f"\n{rows:,} x {sk['snps']:,} ({sk['snps_kept']:,} kept): qlit {sk['qlit_seconds']:.1f} s, scikit-learn "
-          f"randomized {sk['sklearn_seconds']:.1f} s (time ratio qlit/sklearn {ratio:.2f}), "
-          f"exact eigh {sk['exact_seconds']:.1f} s")
-    print(f"  |corr| per component: qlit vs sklearn {corr}; qlit vs exact {exact}; sklearn vs exact {sk_exact}")
-    if not p2.get("available"):
-        print(f"\nplink2: {p2['why']}")
-    elif "failed" in p2:
-        print(f"\nplink2 failed ({p2['command']}):\n{p2['failed']}")
-    else:
-        corr = ", ".join(f"{c:.4f}" for c in p2["qlit_vs_plink2_abs_corr"])
-        print(f"\n{p2['version']}: --pca approx {p2['plink2_seconds']:.1f} s; "
-              f"qlit on all rows {p2['qlit_seconds']:.1f} s "
-              f"(time ratio qlit/plink2 {p2['qlit_seconds'] / p2['plink2_seconds']:.2f}); |corr| per component {corr}")
+    print(f"fileset {args.data}: {size / 1e6:.0f} MB .bed; {os.cpu_count()} CPUs; load average "
+          f"{', '.join(f'{v:.1f}' for v in os.getloadavg())} (1, 5, 15 min)")
+    stages = args.stages.split(",")
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise SystemExit(f"unknown stages {unknown}; choose from {sorted(STAGES)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {}
+        for stage in stages:  # each as it ends: a run cut short still shows what it measured
+            results[stage] = _child(stage, args, scores=f"{tmp}/ours.npz" if stage == "folds" else None)
+            print(f"{stage}: {json.dumps(results[stage])}", flush=True)
+        if args.reference and "folds" in stages:
+            results["reference"] = _child("folds", args, root=args.reference, scores=f"{tmp}/theirs.npz")
+            ours, theirs = np.load(f"{tmp}/ours.npz"), np.load(f"{tmp}/theirs.npz")
+            results["reference"]["abs_corr"] = [_abs_corr(ours[f], theirs[f]) for f in ours.files]
+    _report(results, args)
+    print(f"\nload average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())} (1, 5, 15 min)")
     print("\n" + json.dumps(results))
 
 
