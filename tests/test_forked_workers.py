@@ -50,6 +50,13 @@ def wait_for(files: list[Path], seconds: float = 60) -> list[int]:
     return [int(f.read_text()) for f in files]
 
 
+def wait_gone(pids: list[int], seconds: float = 30) -> None:
+    """Wait up to ``seconds`` for ``pids`` to exit (the caller asserts they did)."""
+    deadline = time.monotonic() + seconds
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def test_a_failed_job_stops_the_others_at_once(tmp_path: Path):
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-c", JOBS, "sleeps", "fails"], cwd=tmp_path, capture_output=True,
@@ -70,9 +77,7 @@ def test_a_killed_command_leaves_no_worker_behind(tmp_path: Path):
         assert all(alive(pid) for pid in workers)
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
-        deadline = time.monotonic() + 30
-        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_gone(workers)
         assert not any(alive(pid) for pid in workers), "a worker outlived its killed command"
     finally:
         driver.kill()
@@ -87,9 +92,7 @@ def test_ctrl_c_stops_the_command_and_its_workers(tmp_path: Path):
         os.killpg(driver.pid, signal.SIGINT)
         _, stderr = driver.communicate(timeout=60)
         assert "KeyboardInterrupt" in stderr
-        deadline = time.monotonic() + 30
-        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_gone(workers)
         assert not any(alive(pid) for pid in workers), "a worker outlived the interrupted command"
     finally:
         driver.kill()

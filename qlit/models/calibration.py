@@ -2,7 +2,7 @@
 
 `NoiseSites` says which channels follow each gate of `qlit.models.circuit.gate_sequence` on each of its wires, and
 each measured bit's readout confusion. ``--model.noise {depolarizing: 0.01}`` puts the same channels after every gate
-as drawn (`uniform_sites`); ``--model.noise qiskit:fake_manila`` reads that device's calibration (`device_sites`):
+as drawn (`noise_sites`); ``--model.noise qiskit:fake_manila`` reads that device's calibration (`device_sites`):
 
 * the circuit is transpiled as ``--model.hardware`` transpiles it (`qlit.models.qiskit_backend.pass_manager`: the
   same layout, routing and native gates), once up to routing, where the SWAPs are still explicit, to follow every
@@ -36,7 +36,6 @@ from qlit.errors import QlitError
 from qlit.models.circuit import CHANNELS, CircuitSpec, gate_sequence
 
 Channels = tuple[tuple[str, float], ...]
-ONE_QUBIT_NATIVES = ("sx", "x", "id")
 SWAP_CNOTS = 3
 
 

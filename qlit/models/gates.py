@@ -179,9 +179,6 @@ class GateProgram:
         batch = probs.shape[0]
         for wire, (flip0, flip1) in enumerate(self.sites.readout):
             view = probs.reshape(batch, 2**wire, 2, -1)
-            if flip0 == flip1:
-                probs = ((1 - flip0) * view + flip0 * view.flip(2)).reshape(batch, -1)
-                continue
             zero, one = view[:, :, 0], view[:, :, 1]
             read = [(1 - flip0) * zero + flip1 * one, flip0 * zero + (1 - flip1) * one]
             probs = torch.stack(read, 2).reshape(batch, -1)

@@ -144,15 +144,12 @@ def _product_state(factors: torch.Tensor, index: torch.Tensor | None) -> torch.T
     """Kronecker product over wires of real ``(n, 2, B)`` one-qubit states: ``(2^n, B)``, wire 0 first.
 
     ``index`` (``(n·2^n,)`` rows of the flattened factors) gathers every factor at once, which is
-    fewer operations; without it (large batches) the product is built wire by wire, with less memory.
+    fewer operations; without it (large batches) `qlit.models.wide.product_state` builds it, with less memory.
     """
+    if index is None:
+        return wide.product_state(factors)
     n, _, batch = factors.shape
-    if index is not None:
-        return factors.reshape(2 * n, batch).index_select(0, index).reshape(n, -1, batch).prod(0)
-    state = factors[0]
-    for wire in range(1, n):
-        state = (state[:, None, :] * factors[wire][None]).reshape(-1, batch)
-    return state
+    return factors.reshape(2 * n, batch).index_select(0, index).reshape(n, -1, batch).prod(0)
 
 
 class _FusedCircuit(torch.autograd.Function):

@@ -226,3 +226,18 @@ def test_benchmark_script_reports_json_rows():
     rows = json.loads(done.stdout)["rows"]
     assert {(r["backend"], r["n_qubits"], r["batch"]) for r in rows} == {("qlit", 2, 8), ("floor", 2, 8)}
     assert all(r["ms_per_step"] > 0 for r in rows)
+
+
+def test_product_state_with_and_without_the_gather_is_the_kronecker_product():
+    """The fused path's two product-state builders (small batches gather, large ones multiply) give the same state."""
+    from qlit.models.statevector import _product_state
+
+    factors = torch.rand(5, 2, 7, dtype=torch.float64)
+    index = StatevectorCircuit(5, 1, "basic", "X").double()._constants(torch.float64)["product_index"]
+    expected = torch.stack([
+        torch.kron(torch.kron(torch.kron(torch.kron(*factors[:2, :, b]), factors[2, :, b]), factors[3, :, b]),
+                   factors[4, :, b])
+        for b in range(7)
+    ], 1)  # fmt: skip
+    torch.testing.assert_close(_product_state(factors, index), expected)
+    torch.testing.assert_close(_product_state(factors, None), expected)
