@@ -79,4 +79,9 @@ def test_cv_on_an_existing_cluster_matches_the_serial_run(tmp_path: Path, ray_cl
     for a, b in zip([serial["folds"], serial["baselines"]["classical_twin"]["folds"]],
                     [on_cluster["folds"], on_cluster["baselines"]["classical_twin"]["folds"]]):
         assert [(f["test_acc"], f["test_loss"]) for f in a] == [(f["test_acc"], f["test_loss"]) for f in b]
-    assert (tmp_path / "lightning_logs" / "cluster" / "fold_1" / "checkpoints" / "best.ckpt").is_file()
+    assert [f["test_indices"] for f in on_cluster["folds"]] == [f["test_indices"] for f in serial["folds"]]
+    root = tmp_path / "lightning_logs" / "cluster"
+    for k in range(2):  # the Ray tasks wrote where the serial run writes, relative to the command's folder
+        assert (root / f"fold_{k}" / "checkpoints" / "best.ckpt").is_file()
+        assert (root / "classical_twin" / f"fold_{k}" / "checkpoints" / "best.ckpt").is_file()
+    assert not list(Path.home().glob("ray_results/*/lightning_logs"))

@@ -6,7 +6,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from qlit.models.circuit import draw_circuit
+from qlit.models.drawing import draw_circuit
 from qlit.models.quantum_layer import QuantumLayer
 
 

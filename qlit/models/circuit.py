@@ -381,14 +381,3 @@ def pennylane_noisy_circuit(spec: CircuitSpec):
         return [qml.expval(qml.PauliZ(w)) for w in range(n)]
 
     return circuit
-
-
-def draw_circuit(n_qubits: int, n_layers: int, ansatz: str, embedding: str, weights=None) -> str:
-    """Draw the circuit as text with PennyLane's drawer (expanded to gates, one layer per block)."""
-    import pennylane as qml
-
-    if weights is None:
-        weights = torch.zeros(weight_shape(n_qubits, n_layers, ansatz))
-    qnode = qml.QNode(pennylane_circuit(n_qubits, ansatz, embedding), qml.device("default.qubit", wires=n_qubits))
-    inputs = torch.zeros(n_qubits)
-    return qml.draw(qnode, decimals=2, level="device")(inputs, weights.detach().cpu())
