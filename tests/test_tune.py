@@ -27,8 +27,10 @@ def iris_tune(tmp_path_factory) -> tuple[Path, dict, str]:
     root = tmp_path_factory.mktemp("tune")
     space = write_space(root / "space.yaml", {**SPACE, "model.n_layers": {"grid": [1, 0]}})  # 0 layers fails
     env = {**os.environ, "XDG_CONFIG_HOME": str(root / "config")}  # where qlit keeps the key of its Ray records
-    qlit(["tune", "--config", IRIS, "--trainer.max_epochs=2", "--model.lr=0.1", "--data.init_args.num_folds=2",
-          "--space", space, "--num_samples=1", "--inner_folds=2", "--workers=2"], root, env=env)
+    done = qlit(["tune", "--config", IRIS, "--trainer.max_epochs=2", "--model.lr=0.1", "--data.init_args.num_folds=2",
+                 "--space", space, "--num_samples=1", "--inner_folds=2", "--workers=2"], root, env=env)
+    (root / "stdout.txt").write_text(done.stdout)
+    (root / "stderr.txt").write_text(done.stderr)
     folder = root / "lightning_logs" / "iris" / "tune_0"
     return root, json.loads((folder / "tune_summary.json").read_text()), folder
 
@@ -53,6 +55,10 @@ def test_tune_reports_outer_folds_beside_the_untuned_config_and_baselines(iris_t
         assert list((folder / f"outer_{k}").glob("*/inner_1/events.out.tfevents.*"))
         assert (folder / "tuned" / f"fold_{k}" / "checkpoints" / "best.ckpt").is_file()
     assert "| **mean ± sd** |" in (folder / "tune_summary.md").read_text()
+    # each failed trial is one line of qlit's, not Ray Tune's traceback of it
+    assert "Traceback" not in (root / "stderr.txt").read_text() + (root / "stdout.txt").read_text()
+    failed = [line for line in (root / "stdout.txt").read_text().splitlines() if line.endswith("got 0")]
+    assert len(failed) == 3 and all("model.n_layers=0 failed: n_layers must be" in line for line in failed), failed
     for record in summary["logistic_regression"]["folds"]:  # C chosen on the same inner folds, not fixed at 1
         assert record["C"] in (0.01, 0.1, 1.0, 10.0, 100.0) and len(record["inner_val_log_loss"]) == 5
 

@@ -223,6 +223,10 @@ def _run_tune(
         prune_states(storage / search_name(k))
         record_state(folder, search_name(k))
         trials = trial_records(results, keys, setup.inner_folds)
+        for t in (t for t in trials if t["status"] == "failed"):  # one line each; Ray's traceback is not shown
+            values = ", ".join(f"{key}={short_value(v)}" for key, v in t["config"].items())
+            error = t["error"].removeprefix(f"{QlitError.__module__}.{QlitError.__name__}: ")
+            print(f"qlit tune: {where}: trial {t['trial_id'] or t['trial']} with {values} failed: {error}", flush=True)
         complete = [t for t in trials if t[SCORE] is not None and math.isfinite(t[SCORE])]
         if not complete:
             reasons = "; ".join(sorted({t.get("error", t["status"]) for t in trials}))[:300]

@@ -13,6 +13,7 @@ its copy of every trial under ``ray/`` showed each trial twice.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -239,6 +240,24 @@ def ray_callbacks() -> list:
     return [JsonLoggerCallback(), CSVLoggerCallback()]
 
 
+class _FailedTrialNotes(logging.Filter):
+    """Drops Ray Tune's traceback of a failed trial and its list of them: qlit prints one line per failed trial,
+    and tune_summary.json keeps its error. Ray's other messages pass."""
+
+    DROPPED = ("Trial task failed for trial", "Trials did not complete")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.DROPPED)
+
+
+def quiet_failed_trials() -> None:
+    """Install `_FailedTrialNotes` on the two Ray Tune loggers that report failed trials (once per process)."""
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _FailedTrialNotes) for f in logger.filters):
+            logger.addFilter(_FailedTrialNotes())
+
+
 def tuner(setup: TrialSetup, space: dict, options: TuneOptions, storage: Path, max_epochs: int, seed: int | None):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -246,6 +265,7 @@ def tuner(setup: TrialSetup, space: dict, options: TuneOptions, storage: Path, m
 
     # Ray Tune's console tables would bury qlit's one line per outer fold; its results stay in storage_path.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    quiet_failed_trials()
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, setup=setup), {"cpu": 1, "gpu": options.gpus_per_trial}
     )
