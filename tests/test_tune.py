@@ -55,8 +55,11 @@ def test_tune_reports_outer_folds_beside_the_untuned_config_and_baselines(iris_t
         assert list((folder / f"outer_{k}").glob("*/inner_1/events.out.tfevents.*"))
         assert (folder / "tuned" / f"fold_{k}" / "checkpoints" / "best.ckpt").is_file()
     assert "| **mean ± sd** |" in (folder / "tune_summary.md").read_text()
-    # each failed trial is one line of qlit's, not Ray Tune's traceback of it
-    assert "Traceback" not in (root / "stderr.txt").read_text() + (root / "stdout.txt").read_text()
+    # each failed trial is one line of qlit's, not Ray Tune's traceback of it (a worker's own noise as Ray stops it
+    # at the end of a search, "SystemExit" in its SIGTERM handler under load, is Ray's and still passes)
+    output = (root / "stderr.txt").read_text() + (root / "stdout.txt").read_text()
+    assert "Trial task failed" not in output and "Trials did not complete" not in output
+    assert "in check_circuit" not in output, output[-3000:]  # a frame of the failed trial's traceback
     failed = [line for line in (root / "stdout.txt").read_text().splitlines() if line.endswith("got 0")]
     assert len(failed) == 3 and all("model.n_layers=0 failed: n_layers must be" in line for line in failed), failed
     for record in summary["logistic_regression"]["folds"]:  # C chosen on the same inner folds, not fixed at 1
