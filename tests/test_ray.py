@@ -69,6 +69,16 @@ def fold_numbers(summary: dict) -> list[tuple]:
     return [(m[k]["test_acc"], m[k].get("test_loss"), m[k]["confusion_matrix"]) for m in models for k in range(2)]
 
 
+def assert_same_folds_and_layout(parallel: dict, serial: dict, root: Path) -> None:
+    """A 2-fold cv run elsewhere gave the serial run's numbers exactly, and wrote its folds where the serial run
+    writes them (``root``, relative to the command's folder)."""
+    assert fold_numbers(parallel) == fold_numbers(serial)  # exactly: a fold is the same wherever it runs
+    assert [f["test_indices"] for f in parallel["folds"]] == [f["test_indices"] for f in serial["folds"]]
+    for k in range(2):
+        assert (root / f"fold_{k}" / "checkpoints" / "best.ckpt").is_file()
+        assert (root / "classical_twin" / f"fold_{k}" / "checkpoints" / "best.ckpt").is_file()
+
+
 def test_parallel_cv_gives_the_serial_numbers_and_layout(tmp_path: Path):
     main(["cv", "--config", IRIS, *SMALL, "--trainer.logger.init_args.name=serial", *QUICK])  # no Ray
     forked = qlit(["cv", "--config", IRIS, *SMALL, "--trainer.logger.init_args.name=forked", "--workers=2"],
@@ -76,13 +86,7 @@ def test_parallel_cv_gives_the_serial_numbers_and_layout(tmp_path: Path):
     assert "2 folds, 2 at a time in processes forked from this one" in forked
     serial = json.loads((tmp_path / "lightning_logs/serial/cv_summary.json").read_text())
     parallel = json.loads((tmp_path / "lightning_logs/forked/cv_summary.json").read_text())
-    assert fold_numbers(parallel) == fold_numbers(serial)  # exactly: a fold is the same wherever it runs
-    assert [f["test_indices"] for f in parallel["folds"]] == [f["test_indices"] for f in serial["folds"]]
-    for name in ("serial", "forked"):
-        root = tmp_path / "lightning_logs" / name
-        for k in range(2):  # the workers wrote where the serial run writes, relative to the command's folder
-            assert (root / f"fold_{k}" / "checkpoints" / "best.ckpt").is_file()
-            assert (root / "classical_twin" / f"fold_{k}" / "checkpoints" / "best.ckpt").is_file()
+    assert_same_folds_and_layout(parallel, serial, tmp_path / "lightning_logs" / "forked")
 
 
 JOB_FAILING = """

@@ -17,6 +17,7 @@ import pytest
 
 from qlit.cli import main
 from tests.conftest import CONFIGS, QUICK
+from tests.test_ray import assert_same_folds_and_layout
 
 pytest.importorskip("ray")
 
@@ -76,12 +77,5 @@ def test_cv_on_an_existing_cluster_matches_the_serial_run(tmp_path: Path, ray_cl
     main(["cv", "--config", IRIS, *SMALL, "--trainer.logger.init_args.name=serial", *QUICK])  # no Ray: in-process
     serial = json.loads((tmp_path / "lightning_logs" / "serial" / "cv_summary.json").read_text())
     on_cluster = _cv(tmp_path, "cluster", f"--address={ray_cluster}")
-    for a, b in zip([serial["folds"], serial["baselines"]["classical_twin"]["folds"]],
-                    [on_cluster["folds"], on_cluster["baselines"]["classical_twin"]["folds"]]):
-        assert [(f["test_acc"], f["test_loss"]) for f in a] == [(f["test_acc"], f["test_loss"]) for f in b]
-    assert [f["test_indices"] for f in on_cluster["folds"]] == [f["test_indices"] for f in serial["folds"]]
-    root = tmp_path / "lightning_logs" / "cluster"
-    for k in range(2):  # the Ray tasks wrote where the serial run writes, relative to the command's folder
-        assert (root / f"fold_{k}" / "checkpoints" / "best.ckpt").is_file()
-        assert (root / "classical_twin" / f"fold_{k}" / "checkpoints" / "best.ckpt").is_file()
+    assert_same_folds_and_layout(on_cluster, serial, tmp_path / "lightning_logs" / "cluster")
     assert not list(Path.home().glob("ray_results/*/lightning_logs"))

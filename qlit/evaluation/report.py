@@ -215,7 +215,7 @@ def tune_table(summary: dict[str, Any]) -> str:
         "|---:|---:|---|" + "---:|" * len(names),
     ]
     for i, outer in enumerate(summary["outer_folds"]):
-        chosen = ", ".join(f"{k}={short_value(v)}" for k, v in outer["best_config"].items())
+        chosen = short_config(outer["best_config"])
         cells = [f"{summary[m]['folds'][i][METRIC]:.3f}" for m in names]
         lines.append(f"| {outer['fold']} | {outer['n_test']} | {chosen} | " + " | ".join(cells) + " |")
     means = [f"**{summary[m][f'{METRIC}_mean']:.3f} ± {shown(summary[m][f'{METRIC}_std'])}**" for m in names]
@@ -246,3 +246,8 @@ def tune_table(summary: dict[str, Any]) -> str:
 
 def short_value(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def short_config(config: dict[str, Any]) -> str:
+    """A trial's values as ``key=value, ...``, floats to 3 significant digits."""
+    return ", ".join(f"{key}={short_value(value)}" for key, value in config.items())

@@ -47,7 +47,7 @@ from qlit.evaluation import plots, tune_trials
 from qlit.evaluation.baselines import LOGISTIC_INNER_C_MODEL, logistic_regression_inner_c
 from qlit.evaluation.cv import FOLD_KEYS, data_module, given_split, prepared, with_test_rows
 from qlit.evaluation.folds import FoldJob, run_fold
-from qlit.evaluation.report import short_value, to_json, tune_table
+from qlit.evaluation.report import short_config, to_json, tune_table
 from qlit.evaluation.space import apply, apply_to_dict, read_space
 from qlit.evaluation.stats import CI_NOTE, METRIC, STD_NOTE, paired, with_stats
 from qlit.evaluation.tune_state import prune_states, record_state, verify_state
@@ -224,9 +224,9 @@ def _run_tune(
         record_state(folder, search_name(k))
         trials = trial_records(results, keys, setup.inner_folds)
         for t in (t for t in trials if t["status"] == "failed"):  # one line each; Ray's traceback is not shown
-            values = ", ".join(f"{key}={short_value(v)}" for key, v in t["config"].items())
             error = t["error"].removeprefix(f"{QlitError.__module__}.{QlitError.__name__}: ")
-            print(f"qlit tune: {where}: trial {t['trial_id'] or t['trial']} with {values} failed: {error}", flush=True)
+            print(f"qlit tune: {where}: trial {t['trial_id'] or t['trial']} with {short_config(t['config'])} failed: "
+                  f"{error}", flush=True)
         complete = [t for t in trials if t[SCORE] is not None and math.isfinite(t[SCORE])]
         if not complete:
             reasons = "; ".join(sorted({t.get("error", t["status"]) for t in trials}))[:300]
@@ -240,7 +240,7 @@ def _run_tune(
             searches.append(search)
         print(
             f"qlit tune: {where}: best of {len(trials)} trials {SCORE} {best[SCORE]:.4f} with "
-            + ", ".join(f"{key}={short_value(v)}" for key, v in best["config"].items()),
+            + short_config(best["config"]),
             flush=True,
         )
 
