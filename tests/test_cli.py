@@ -113,6 +113,17 @@ def test_quantum_weights_are_saved_and_restored(tmp_path: Path):
     assert torch.equal(model.net.core.weights.detach(), weights)
 
 
+def test_the_saved_config_is_what_a_checked_dump_gives(tmp_path: Path):
+    """qlit's parser no longer checks a parsed config again when it writes it: the file must be the same."""
+    cli = QlitCLI(args=["fit", "--config", IRIS, "--trainer.max_epochs=1", "--model.lr=0.05", *QUICK])
+    saved = yaml.safe_load((tmp_path / "lightning_logs/iris/version_0/config.yaml").read_text())
+    checked = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False, skip_validation=False))["fit"]
+    assert saved == checked and saved["model"]["lr"] == 0.05 and saved["data"]["class_path"].endswith("IrisDataModule")
+    hparams = torch.load(tmp_path / "lightning_logs/iris/version_0/checkpoints/last.ckpt", weights_only=True)
+    shared = {k: v for k, v in hparams["hyper_parameters"].items() if k in checked["model"]}
+    assert shared["lr"] == 0.05 and shared == {k: checked["model"][k] for k in shared}
+
+
 @pytest.mark.parametrize(
     ("args", "culprit"),
     [

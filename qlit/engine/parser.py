@@ -62,6 +62,19 @@ class QlitArgumentParser(LightningArgumentParser):
         line = _unknown_option(str(message), self) or _one_line(str(message))
         fail(line)
 
+    # Lightning dumps every run's config twice (the modules' hyperparameters, the run folder's config.yaml), and a
+    # cv fold or tuning trial is a run of its own. Each dump checked every value again, all of which the parser had
+    # checked when it parsed the config: a tenth of the CPU time of a small 3-fold `qlit cv`. Output is unchanged.
+    def dump(self, namespace: Any, *args: Any, **kwargs: Any) -> str:
+        """The config as text, without checking again the values that parsing already checked."""
+        kwargs.setdefault("skip_validation", True)
+        return super().dump(namespace, *args, **kwargs)
+
+    def save(self, namespace: Any, path: Any, *args: Any, **kwargs: Any) -> None:
+        """Write the config to ``path``, without checking again the values that parsing already checked."""
+        kwargs.setdefault("skip_validation", True)
+        super().save(namespace, path, *args, **kwargs)
+
 
 def _option_strings(parser: Any) -> list[str]:
     """Every ``--option`` a parser and its subcommands' parsers accept."""
