@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,37 @@ def test_a_dead_ddp_peer_stops_the_job_in_one_line(in_tmp_path: Path):
     assert "Traceback" not in proc.stderr.split("qlit: error:")[-1]
 
 
+COLLECTIVES = '''
+import torch.distributed as dist
+
+import lightning as L
+
+NAMES = ("all_reduce", "all_gather", "all_gather_object", "broadcast", "broadcast_object_list", "barrier", "gather",
+         "reduce", "scatter")
+
+
+class RecordCollectives(L.Callback):
+    """Write each rank's sequence of collective calls to ``collectives_<rank>.txt``, from set-up to teardown."""
+
+    def setup(self, trainer, pl_module, stage):
+        self.calls, self.originals = [], {name: getattr(dist, name) for name in NAMES}
+        for name, function in self.originals.items():
+            setattr(dist, name, self._recording(name, function))
+
+    def _recording(self, name, function):
+        def call(*args, **kwargs):
+            self.calls.append(name)
+            return function(*args, **kwargs)
+
+        return call
+
+    def teardown(self, trainer, pl_module, stage):
+        for name, function in self.originals.items():
+            setattr(dist, name, function)
+        with open(f"collectives_{trainer.global_rank}.txt", "w") as file:
+            file.write("\\n".join(self.calls))
+'''
+
 BUSY_LOOP = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
 
 
@@ -83,26 +115,53 @@ def test_ddp_under_cpu_load_finishes_and_matches_one_process(in_tmp_path: Path, 
     """
     ddp_dir = in_tmp_path / "ddp"
     ddp_dir.mkdir()
-    busy = [
-        subprocess.Popen([sys.executable, "-c", BUSY_LOOP.format(seconds=300)], stdout=subprocess.DEVNULL)
-        for _ in range(3)
-    ]
+    (in_tmp_path / "qlit_collectives.py").write_text(COLLECTIVES)
+    env = {k: v for k, v in os.environ.items() if k not in ("QLIT_DEBUG", "PL_GLOBAL_SEED")}
+    # a hang fails in two minutes, not in five; QLIT_DEBUG keeps Lightning's line on how many processes it started
+    path = os.pathsep.join(filter(None, [str(in_tmp_path), env.get("PYTHONPATH")]))  # where qlit_collectives.py is
+    env.update(QLIT_DDP_TIMEOUT="120", QLIT_DEBUG="1", PYTHONPATH=path)
+    args = [
+        sys.executable, "-m", "qlit", "fit", "--config", GENOMIC, f"--trainer.max_epochs={EPOCHS}",
+        "--data.init_args.batch_size=16", "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=true", "--trainer.enable_model_summary=false",
+        "--trainer.callbacks+=qlit_collectives.RecordCollectives",
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=ddp_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    registered = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if "Starting with 2 processes" in line:
+                registered.set()
+        registered.set()  # the output ended without it: the assertions below say so
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    busy = []
     try:
-        env = {k: v for k, v in os.environ.items() if k not in ("QLIT_DEBUG", "PL_GLOBAL_SEED")}
-        # a hang fails in two minutes, not in five; QLIT_DEBUG keeps Lightning's line on how many processes it started
-        env.update(QLIT_DDP_TIMEOUT="120", QLIT_DEBUG="1")
-        args = [
-            "fit", "--config", GENOMIC, f"--trainer.max_epochs={EPOCHS}", "--data.init_args.batch_size=16",
-            "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
-            "--trainer.enable_progress_bar=true", "--trainer.enable_model_summary=false",
-        ]  # fmt: skip
-        proc = qlit_subprocess(args, ddp_dir, env)
+        # The load starts once both ranks have joined the process group, where their collectives begin: loops
+        # running through the ranks' imports (half the fit's time) only made the suite slower.
+        registered.wait(timeout=240)
+        busy = [
+            subprocess.Popen([sys.executable, "-c", BUSY_LOOP.format(seconds=300)], stdout=subprocess.DEVNULL)
+            for _ in range(3)
+        ]
+        returncode = proc.wait(timeout=300)
     finally:
         for loop in busy:
             loop.kill()
             loop.wait()
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Starting with 2 processes" in proc.stdout + proc.stderr
+        proc.kill()
+        reader.join(timeout=30)
+    output = "".join(lines)
+    assert returncode == 0, output[-3000:]
+    assert "Starting with 2 processes" in output
+    # Whether mismatched collectives hang depends on timing; that both ranks make the same calls in the same order
+    # does not. Before the fix rank 0 all-reduced the epoch metrics for its progress bar where rank 1 all-gathered.
+    calls = [(ddp_dir / f"collectives_{rank}.txt").read_text().split() for rank in (0, 1)]
+    assert calls[0] and "all_gather" in calls[0] and calls[0] == calls[1], calls
 
     # one process wrote: one run folder, one event file, one config, no duplicates or leftovers
     experiment = ddp_dir / "lightning_logs" / "genomic"
@@ -113,7 +172,7 @@ def test_ddp_under_cpu_load_finishes_and_matches_one_process(in_tmp_path: Path, 
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     assert not [p for p in run.iterdir() if "_1." in p.name], "a second process wrote a file again"
     # the INT8 export runs on rank 0 alone, once, from the best checkpoint
-    assert proc.stdout.count("int8_val_acc") == 1
+    assert output.count("int8_val_acc") == 1
     assert sorted(p.name for p in run.glob("model*")) == ["model.pth", "model_int8.pt"]
     assert torch.load(run / "model_int8.pt", weights_only=True)["metrics"]["source"].endswith("best.ckpt")
     ddp = scalars(run)

@@ -185,7 +185,7 @@ def test_killed_sweep_leaves_no_process_and_no_unrecorded_state_to_restore(tmp_p
     lrs = [0.01, 0.03, 0.1, 0.3]
     space = write_space(tmp_path / "space.yaml", {"model.lr": {"grid": lrs}})
     command = ["tune", "--config", IRIS, "--trainer.max_epochs=3", "--data.init_args.num_folds=2", "--space", space,
-               "--num_samples=1", "--inner_folds=2", "--nested=false", "--asha=false"]
+               "--num_samples=1", "--inner_folds=2", "--nested=false", "--asha=false", "--workers=2"]
     tag = uuid.uuid4().hex
     # TUNE_GLOBAL_CHECKPOINT_S=0: Ray Tune saves its state after every step, so the kill finds a trial saved
     env = {**os.environ, TAG_ENV: tag, "TUNE_GLOBAL_CHECKPOINT_S": "0", "XDG_CONFIG_HOME": str(tmp_path / "config")}
