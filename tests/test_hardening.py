@@ -252,17 +252,3 @@ def test_a_config_file_error_is_told_before_torch_and_lightning_are_imported(in_
         assert done.stdout.split() == ["2", "False", "False"], done.stdout + done.stderr
         (line,) = done.stderr.splitlines()
         assert line.startswith("qlit: error: config") and words in line
-
-
-def test_the_cli_imports_only_what_every_command_needs():
-    """Ray, PennyLane, pandas and scikit-learn are imported by the commands that use them.
-
-    (Lightning itself imports matplotlib and scipy.stats, so they cost qlit nothing more.)
-    """
-    done = _in_fresh_python(
-        "import sys\nimport qlit.cli\n"
-        "print(*sorted(n for n in ('ray', 'pennylane', 'pandas', 'sklearn', 'bed_reader', 'arch', 'optuna') "
-        "if n in sys.modules))\n"
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == []
