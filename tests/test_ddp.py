@@ -32,6 +32,14 @@ def qlit_subprocess(args: list[str], cwd: Path, env: dict[str, str]) -> subproce
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+def helper_env(folder: Path, module: str, source: str, **extra: str) -> dict[str, str]:
+    """The environment of a DDP run whose processes can import ``module`` (``source``, written to ``folder``)."""
+    (folder / f"{module}.py").write_text(source)
+    env = {k: v for k, v in os.environ.items() if k not in ("QLIT_DEBUG", "PL_GLOBAL_SEED")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), env.get("PYTHONPATH")]))
+    return {**env, **extra}
+
+
 def scalars(run_dir: Path) -> dict[str, list[float]]:
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
@@ -54,10 +62,7 @@ class Rank1Dies(L.Callback):
 
 
 def test_a_dead_ddp_peer_stops_the_job_in_one_line(in_tmp_path: Path):
-    (in_tmp_path / "qlit_peer.py").write_text(PEER_DIES)
-    env = {k: v for k, v in os.environ.items() if k not in ("QLIT_DEBUG", "PL_GLOBAL_SEED")}
-    path = os.pathsep.join(filter(None, [str(in_tmp_path), env.get("PYTHONPATH")]))  # where qlit_peer.py is
-    env.update(PYTHONPATH=path, QLIT_DDP_TIMEOUT="20")
+    env = helper_env(in_tmp_path, "qlit_peer", PEER_DIES, QLIT_DDP_TIMEOUT="20")
     args = [
         "fit", "--config", str(CONFIGS / "iris.yaml"), "--trainer.max_epochs=3",
         "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
@@ -115,11 +120,8 @@ def test_ddp_under_cpu_load_finishes_and_matches_one_process(in_tmp_path: Path, 
     """
     ddp_dir = in_tmp_path / "ddp"
     ddp_dir.mkdir()
-    (in_tmp_path / "qlit_collectives.py").write_text(COLLECTIVES)
-    env = {k: v for k, v in os.environ.items() if k not in ("QLIT_DEBUG", "PL_GLOBAL_SEED")}
     # a hang fails in two minutes, not in five; QLIT_DEBUG keeps Lightning's line on how many processes it started
-    path = os.pathsep.join(filter(None, [str(in_tmp_path), env.get("PYTHONPATH")]))  # where qlit_collectives.py is
-    env.update(QLIT_DDP_TIMEOUT="120", QLIT_DEBUG="1", PYTHONPATH=path)
+    env = helper_env(in_tmp_path, "qlit_collectives", COLLECTIVES, QLIT_DDP_TIMEOUT="120", QLIT_DEBUG="1")
     args = [
         sys.executable, "-m", "qlit", "fit", "--config", GENOMIC, f"--trainer.max_epochs={EPOCHS}",
         "--data.init_args.batch_size=16", "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",

@@ -69,14 +69,16 @@ def fold_numbers(summary: dict) -> list[tuple]:
     return [(m[k]["test_acc"], m[k].get("test_loss"), m[k]["confusion_matrix"]) for m in models for k in range(2)]
 
 
-def assert_same_folds_and_layout(parallel: dict, serial: dict, root: Path) -> None:
-    """A 2-fold cv run elsewhere gave the serial run's numbers exactly, and wrote its folds where the serial run
-    writes them (``root``, relative to the command's folder)."""
-    assert fold_numbers(parallel) == fold_numbers(serial)  # exactly: a fold is the same wherever it runs
-    assert [f["test_indices"] for f in parallel["folds"]] == [f["test_indices"] for f in serial["folds"]]
-    for k in range(2):
-        assert (root / f"fold_{k}" / "checkpoints" / "best.ckpt").is_file()
-        assert (root / "classical_twin" / f"fold_{k}" / "checkpoints" / "best.ckpt").is_file()
+def assert_same_folds_and_layout(logs: Path, parallel: str) -> None:
+    """The 2-fold cv run ``logs/<parallel>`` gave the serial run's (``logs/serial``) numbers exactly, and both wrote
+    their folds in the same layout (``logs`` is relative to the command's folder: workers write where it does)."""
+    serial, other = (json.loads((logs / name / "cv_summary.json").read_text()) for name in ("serial", parallel))
+    assert fold_numbers(other) == fold_numbers(serial)  # exactly: a fold is the same wherever it runs
+    assert [f["test_indices"] for f in other["folds"]] == [f["test_indices"] for f in serial["folds"]]
+    for name in ("serial", parallel):
+        for k in range(2):
+            assert (logs / name / f"fold_{k}" / "checkpoints" / "best.ckpt").is_file()
+            assert (logs / name / "classical_twin" / f"fold_{k}" / "checkpoints" / "best.ckpt").is_file()
 
 
 def test_parallel_cv_gives_the_serial_numbers_and_layout(tmp_path: Path):
@@ -84,9 +86,7 @@ def test_parallel_cv_gives_the_serial_numbers_and_layout(tmp_path: Path):
     forked = qlit(["cv", "--config", IRIS, *SMALL, "--trainer.logger.init_args.name=forked", "--workers=2"],
                   tmp_path).stdout
     assert "2 folds, 2 at a time in processes forked from this one" in forked
-    serial = json.loads((tmp_path / "lightning_logs/serial/cv_summary.json").read_text())
-    parallel = json.loads((tmp_path / "lightning_logs/forked/cv_summary.json").read_text())
-    assert_same_folds_and_layout(parallel, serial, tmp_path / "lightning_logs" / "forked")
+    assert_same_folds_and_layout(tmp_path / "lightning_logs", "forked")
 
 
 JOB_FAILING = """
