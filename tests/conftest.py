@@ -42,6 +42,16 @@ def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="session")
+def qlit_processes(tmp_path_factory: pytest.TempPathFactory):
+    """Real ``qlit`` processes without their imports (`tests.forked.QlitProcesses`), one server per test worker."""
+    from tests.forked import QlitProcesses
+
+    server = QlitProcesses(tmp_path_factory.mktemp("forked"))
+    yield server
+    server.close()
+
+
 QUICK = [
     "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",

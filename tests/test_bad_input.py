@@ -369,11 +369,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(capfd):
     assert not list(last.parent.glob("*.tmp"))
 
 
-def test_the_error_line_is_all_a_user_sees_and_debug_shows_the_traceback(run_copy: Path):
+def test_the_error_line_is_all_a_user_sees_and_debug_shows_the_traceback(run_copy: Path, qlit_processes):
     truncate(str(RUN / "checkpoints" / "best.ckpt"))(run_copy)
-    args = [sys.executable, "-m", "qlit", "test", "--config", IRIS, "--ckpt_path=best", *QUICK]
-    env = {k: v for k, v in os.environ.items() if k != "QLIT_DEBUG"}
-    quiet = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    quiet = qlit_processes.run(["test", "--config", IRIS, "--ckpt_path=best", *QUICK])
     assert quiet.returncode == 2
     assert "Traceback" not in quiet.stderr
     lines = quiet.stderr.splitlines()

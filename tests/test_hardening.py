@@ -16,6 +16,7 @@ import torch
 from qlit.cli import main
 from qlit.io.checkpoints import load_checkpoint
 from tests.conftest import CONFIGS, QUICK
+from tests.forked import user_environment
 
 IRIS = str(CONFIGS / "iris.yaml")
 
@@ -24,27 +25,22 @@ def qlit(*args: str) -> list[str]:
     return [sys.executable, "-m", "qlit", *args, *QUICK]
 
 
-def environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("QLIT_DEBUG", "PL_GLOBAL_SEED", "QLIT_RUN_VERSION")}
-
-
-def test_runs_started_together_never_share_a_folder(in_tmp_path: Path):
+def test_runs_started_together_never_share_a_folder(in_tmp_path: Path, qlit_processes):
     cv = ["cv", "--config", IRIS, "--data.num_folds=2", "--trainer.max_epochs=1", "--tuned_baselines=false"]
-    # the fits as a user runs them, output to pipes: no progress bar unless asked for
-    fit = [sys.executable, "-m", "qlit", "fit", "--config", IRIS, "--trainer.max_epochs=1"]
-    commands = [qlit(*cv, "--seed_everything=1"), qlit(*cv, "--seed_everything=2"), fit, fit]
-    procs = [
-        subprocess.Popen(c, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for c in commands
-    ]
-    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
-    for code, out, err in results:
-        assert code == 0, err[-3000:]
-    for _, out, err in results[2:]:
+    # the fits as a user runs them, output to files: no progress bar unless asked for
+    fit = ["fit", "--config", IRIS, "--trainer.max_epochs=1"]
+    commands = [[*cv, "--seed_everything=1", *QUICK], [*cv, "--seed_everything=2", *QUICK], fit, fit]
+    # forked from one interpreter, the four start within milliseconds of each other: a closer race than four
+    # fresh interpreters, whose imports end seconds apart
+    results = [qlit_processes.wait(pid) for pid in [qlit_processes.start(c) for c in commands]]
+    for done in results:
+        assert done.returncode == 0, done.stderr[-3000:]
+    for done in results[2:]:
         # nothing on stderr (before: Lightning's "fewer batches than the logging interval" warning), and only
         # qlit's own lines on stdout, each on a line of its own (before: progress bars with carriage returns)
-        assert err == "", err[-2000:]
-        assert "\r" not in out and all(line.startswith("qlit:") for line in out.splitlines()), out[-2000:]
+        assert done.stderr == "", done.stderr[-2000:]
+        assert "\r" not in done.stdout and all(line.startswith("qlit:") for line in done.stdout.splitlines()), \
+            done.stdout[-2000:]
 
     experiment = Path("lightning_logs/iris")
     summaries = [json.loads(p.read_text()) for p in sorted(experiment.rglob("cv_summary.json"))]
@@ -74,8 +70,9 @@ def test_runs_started_together_never_share_a_folder(in_tmp_path: Path):
     ],
     ids=["found-after-parsing", "parser", "checkpoint"],
 )
-def test_an_error_is_the_only_line_on_the_real_stderr(in_tmp_path: Path, args: list[str], words: list[str]):
-    done = subprocess.run(qlit(*args), env=environment(), capture_output=True, text=True, timeout=120)
+def test_an_error_is_the_only_line_on_the_real_stderr(in_tmp_path: Path, qlit_processes, args: list[str],
+                                                     words: list[str]):
+    done = qlit_processes.run([*args, *QUICK])
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("qlit: error: "), done.stderr
@@ -123,7 +120,7 @@ def test_sigterm_after_the_last_epoch_still_exits_143(in_tmp_path: Path, monkeyp
 
 
 def test_ctrl_c_while_starting_is_one_line(in_tmp_path: Path):
-    proc = subprocess.Popen(qlit("fit", "--config", IRIS), env=environment(), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(qlit("fit", "--config", IRIS), env=user_environment(), stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)  # inside the imports of torch, Lightning and PennyLane
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -159,7 +156,7 @@ run()
 def test_ctrl_c_caught_by_an_imported_package_still_stops_qlit(in_tmp_path: Path):
     """The case the timed test above can miss under load: the interrupt lands where an import swallows it."""
     proc = subprocess.run([sys.executable, "-c", SWALLOWED_CTRL_C, "fit", "--config", IRIS, "--trainer.max_epochs=1",
-                           *QUICK], env=environment(), capture_output=True, text=True, timeout=120)
+                           *QUICK], env=user_environment(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 130, proc.stderr[-2000:]
     assert proc.stderr.strip() == "qlit: interrupted (Ctrl-C) while starting"
     assert not Path("lightning_logs").exists(), "nothing is trained or written after a Ctrl-C"
@@ -192,7 +189,7 @@ def test_a_read_only_log_folder_is_one_line(in_tmp_path: Path):
                                capture_output=True)
         assert probe.returncode != 0, "the folder must really be read-only"
         done = subprocess.run([*prefix, *qlit("fit", "--config", IRIS, "--trainer.max_epochs=1")],
-                              env=environment(), capture_output=True, text=True, timeout=120)
+                              env=user_environment(), capture_output=True, text=True, timeout=120)
     finally:
         (logs / "iris").chmod(0o755)
         logs.chmod(0o755)
@@ -217,7 +214,7 @@ def small_disk(tmp_path: Path):
         subprocess.run(["umount", str(disk)], check=True)
 
 
-def test_a_full_disk_is_one_line_and_leaves_no_empty_files(small_disk: Path, monkeypatch):
+def test_a_full_disk_is_one_line_and_leaves_no_empty_files(small_disk: Path, monkeypatch, qlit_processes):
     monkeypatch.chdir(small_disk)
     main(["fit", "--config", IRIS, "--trainer.max_epochs=1", *QUICK])  # a run to resume, with room to spare
     run_dir = small_disk / "lightning_logs" / "iris" / "version_0"
@@ -225,8 +222,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_empty_files(small_disk: Path, mon
     free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
     (small_disk / "filler").write_bytes(b"\0" * (free - 2048))
 
-    done = subprocess.run(qlit("fit", "--config", IRIS, "--trainer.max_epochs=3", "--ckpt_path=last"),
-                          env=environment(), capture_output=True, text=True, timeout=120)
+    done = qlit_processes.run(["fit", "--config", IRIS, "--trainer.max_epochs=3", "--ckpt_path=last", *QUICK])
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1, done.stderr[-3000:]
     assert "no space left on the device" in lines[0]

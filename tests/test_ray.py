@@ -81,10 +81,12 @@ def assert_same_folds_and_layout(logs: Path, parallel: str) -> None:
             assert (logs / name / "classical_twin" / f"fold_{k}" / "checkpoints" / "best.ckpt").is_file()
 
 
-def test_parallel_cv_gives_the_serial_numbers_and_layout(tmp_path: Path):
+def test_parallel_cv_gives_the_serial_numbers_and_layout(tmp_path: Path, qlit_processes):
     main(["cv", "--config", IRIS, *SMALL, "--trainer.logger.init_args.name=serial", *QUICK])  # no Ray
-    forked = qlit(["cv", "--config", IRIS, *SMALL, "--trainer.logger.init_args.name=forked", "--workers=2"],
-                  tmp_path).stdout
+    done = qlit_processes.run(["cv", "--config", IRIS, *SMALL, "--trainer.logger.init_args.name=forked",
+                               "--workers=2", *QUICK])
+    assert done.returncode == 0, done.stderr[-3000:]
+    forked = done.stdout
     assert "2 folds, 2 at a time in processes forked from this one" in forked
     assert_same_folds_and_layout(tmp_path / "lightning_logs", "forked")
 
@@ -181,7 +183,7 @@ def _stop(tag: str, sweep: subprocess.Popen) -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the run's processes in /proc")
-def test_killed_sweep_leaves_no_process_and_no_unrecorded_state_to_restore(tmp_path: Path):
+def test_killed_sweep_leaves_no_process_and_no_unrecorded_state_to_restore(tmp_path: Path, qlit_processes):
     lrs = [0.01, 0.03, 0.1, 0.3]
     space = write_space(tmp_path / "space.yaml", {"model.lr": {"grid": lrs}})
     command = ["tune", "--config", IRIS, "--trainer.max_epochs=3", "--data.init_args.num_folds=2", "--space", space,
@@ -208,9 +210,8 @@ def test_killed_sweep_leaves_no_process_and_no_unrecorded_state_to_restore(tmp_p
 
     # Ray saved its state after qlit last recorded it (kill -9 leaves no time to): restoring would unpickle
     # files qlit cannot vouch for, so the resume is refused in one line, before Ray starts
-    refused = subprocess.run([sys.executable, "-m", "qlit", *command, "--resume=true", *QUICK], cwd=tmp_path,
-                             env=env, capture_output=True, text=True, timeout=300, start_new_session=True,
-                             check=False)
+    refused = qlit_processes.run([*command, "--resume=true", *QUICK], cwd=tmp_path,
+                                 env={TAG_ENV: tag, "XDG_CONFIG_HOME": str(tmp_path / "config")})
     lines = [line for line in refused.stderr.splitlines() if line.strip()]
     assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-3000:]
     assert "ray/outer_0" in lines[0] and "start the sweep again without --resume" in lines[0]

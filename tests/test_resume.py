@@ -9,10 +9,7 @@ callback. The final weights must equal, bit for bit, those of the same run left 
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -71,13 +68,10 @@ class KillAt(L.Callback):
 '''
 
 
-def killed_subprocess(kill: str, *extra: str) -> None:
-    path = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))  # cwd holds qlit_kill.py
-    env = {**os.environ, "QLIT_TEST_KILL": kill, "PYTHONPATH": path}
-    env.pop("QLIT_DEBUG", None)
-    command = [sys.executable, "-m", "qlit", *ARGS, KILLER, *extra]
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+def killed_subprocess(qlit_processes, kill: str, *extra: str) -> None:
+    """``qlit fit`` in a process of its own (the working folder, which holds qlit_kill.py, on its path), killed."""
+    done = qlit_processes.run([*ARGS, KILLER, *extra], env={"QLIT_TEST_KILL": kill})
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
 
 
 def interrupted_in_process(kill: str, monkeypatch, capsys) -> str:
@@ -93,21 +87,21 @@ def last_state() -> dict:
     return load_checkpoint(CHECKPOINTS / "last.ckpt")
 
 
-def test_killed_and_resumed_run_ends_with_identical_weights(in_tmp_path: Path, monkeypatch, capsys):
+def test_killed_and_resumed_run_ends_with_identical_weights(in_tmp_path: Path, monkeypatch, capsys, qlit_processes):
     (in_tmp_path / "qlit_kill.py").write_text(KILL_HELPER)
     monkeypatch.syspath_prepend(str(in_tmp_path))
     steps = 4
 
     # 1. SIGKILL in the middle of epoch 1 (after backward, before the optimizer step)
-    killed_subprocess("SIGKILL:mid_batch:1:2")
+    killed_subprocess(qlit_processes, "SIGKILL:mid_batch:1:2")
     assert last_state()["epoch"] == 0
 
     # 2. SIGKILL right after the end-of-epoch-2 checkpoints were written, as epoch 3 starts
-    killed_subprocess("SIGKILL:epoch_start:3:0", "--ckpt_path=last")
+    killed_subprocess(qlit_processes, "SIGKILL:epoch_start:3:0", "--ckpt_path=last")
     assert last_state()["epoch"] == 2
 
     # 3. SIGKILL while the first checkpoint of epoch 3 is being written
-    killed_subprocess("SIGKILL:checkpoint_write:3:0", "--ckpt_path=last")
+    killed_subprocess(qlit_processes, "SIGKILL:checkpoint_write:3:0", "--ckpt_path=last")
     assert list(CHECKPOINTS.glob(".*.tmp")), "the kill should have hit a half-written temporary file"
     assert last_state()["epoch"] == 2
     load_checkpoint(CHECKPOINTS / "best.ckpt")  # both complete, whichever write was cut short
