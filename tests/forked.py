@@ -1,7 +1,7 @@
 """``qlit`` commands as real processes that skip the imports: forked from one interpreter that has done them.
 
 Each fresh ``python -m qlit`` spends about 9 CPU-seconds importing torch, Lightning, torchmetrics and scikit-learn
-before it reads its first option; the tests below run a dozen of them. A `QlitProcesses` server is one fresh
+before it reads its first option, and the suite runs a dozen such commands. A `QlitProcesses` server is one fresh
 interpreter that imports ``qlit.cli`` and then waits: every command it is given runs in a process forked from it,
 with its own working folder, environment, ``sys.argv`` and standard streams (files, not a terminal), through
 ``qlit.__main__.run`` as ``python -m qlit`` does, and it ends through the interpreter's normal shutdown (exit
