@@ -154,7 +154,11 @@ def targets(rows: list[dict]) -> list[dict]:
         add(f"4 qubits, batch 800: {backend} / qlit", ratio, f">= {factor}x", None if ratio is None else ratio >= factor)
     floor = ms.get(("floor", 4, 800))
     ratio = qlit / floor if qlit and floor else None
-    add("4 qubits, batch 800: qlit / floor", ratio, "<= 3x", None if ratio is None else ratio <= 3)
+    add("4 qubits, batch 800: qlit / floor", ratio, "<= 1.3x", None if ratio is None else ratio <= 1.3)
+    for n, slow, factor in ((16, "qlit-before", 3), (20, "qlit-before", 3), (16, "default.qubit", 90)):
+        ours, other = ms.get(("qlit", n, 16)), ms.get((slow, n, 16))
+        ratio = other / ours if ours and other else None
+        add(f"{n} qubits, batch 16: {slow} / qlit", ratio, f">= {factor}x", None if ratio is None else ratio >= factor)
     for slow, fast, factor in (("default.mixed-noise", "qlit-noise", 10), ("default.qubit-shots", "qlit-shots", None)):
         other, ours = ms.get((slow, 4, 800)), ms.get((fast, 4, 800))
         ratio = other / ours if other and ours else None

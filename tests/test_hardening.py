@@ -61,6 +61,43 @@ def test_runs_started_together_never_share_a_folder(in_tmp_path: Path, qlit_proc
         assert [p.name for p in (experiment / name).glob("config*.yaml")] == ["config.yaml"]
 
 
+def test_folders_and_files_claimed_at_the_same_instant_all_differ(in_tmp_path: Path):
+    """Processes released at once claim run folders and cv files of one experiment: each is won by one process.
+
+    The runs above race with their whole start-ups, which leave the claims themselves milliseconds apart (a claim
+    that checked for a folder before making it passed there); here six processes claim in tight loops from the
+    same instant.
+    """
+    from qlit.io.runs import claim_file, claim_version
+
+    experiment = in_tmp_path / "lightning_logs" / "iris"
+    start, release = os.pipe()
+    children = []
+    for child in range(6):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child; it reports through its file and exit status only
+            code = 1
+            try:
+                os.close(release)
+                os.read(start, 1)  # returns when the parent closes the pipe: every child at once
+                folders = [claim_version(experiment).name for _ in range(20)]
+                files = [k for k in range(60) if claim_file(experiment / f"cv_{k}" / "cv_config.yaml")]
+                (in_tmp_path / f"claims_{child}.json").write_text(json.dumps([folders, files]))
+                code = 0
+            finally:
+                os._exit(code)
+        children.append(pid)
+    os.close(start)
+    os.close(release)
+    assert all(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0 for pid in children)
+    claims = [json.loads((in_tmp_path / f"claims_{child}.json").read_text()) for child in range(6)]
+    folders = [name for mine, _ in claims for name in mine]
+    files = [k for _, mine in claims for k in mine]
+    assert len(set(folders)) == len(folders) == 120, "two processes claimed the same run folder"
+    assert sorted(p.name for p in experiment.glob("version_*")) == sorted(folders)
+    assert sorted(files) == list(range(60)), "a cv file was claimed twice, or by nobody"
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [
