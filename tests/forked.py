@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 # Variables of the test run that a user's shell does not have.
@@ -64,22 +63,13 @@ for line in sys.stdin:
 """
 
 
-@dataclass
-class Finished:
-    """What a command left: its exit status (minus the signal number if a signal ended it) and its output."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 class QlitProcesses:
     """A fork server for ``qlit`` commands; see the module docstring."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.count = 0
-        self._outputs: dict[int, Path] = {}
+        self._outputs: dict[int, tuple[list[str], Path]] = {}
         self.server_stderr = folder / "server.stderr"
         with self.server_stderr.open("w") as err:
             self.server = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE,
@@ -109,11 +99,15 @@ class QlitProcesses:
         job = {"args": list(args), "cwd": str(Path(cwd or os.getcwd()).resolve()),
                "env": {**user_environment(), **(env or {})}, "stdout": str(out), "stderr": str(out.with_suffix(".stderr"))}
         pid = self._ask({"start": job})["pid"]
-        self._outputs[pid] = out
+        self._outputs[pid] = (job["args"], out)
         return pid
 
-    def wait(self, pid: int, timeout: float = 300) -> Finished:
-        """Wait for the command ``pid``; a command still running after ``timeout`` seconds is killed and fails."""
+    def wait(self, pid: int, timeout: float = 300) -> subprocess.CompletedProcess:
+        """Wait for the command ``pid``; a command still running after ``timeout`` seconds is killed and fails.
+
+        Returns:
+            Its arguments, exit status (minus the signal number if a signal ended it), stdout and stderr.
+        """
         deadline = time.monotonic() + timeout
         self.server.stdin.write(json.dumps({"wait": pid}) + "\n")
         self.server.stdin.flush()
@@ -123,13 +117,14 @@ class QlitProcesses:
         except TimeoutError:
             os.kill(pid, signal.SIGKILL)
             answer, timed_out = self._reply(60), True
-        out = self._outputs.pop(pid)
-        done = Finished(json.loads(answer)["code"], out.read_text(), out.with_suffix(".stderr").read_text())
+        args, out = self._outputs.pop(pid)
+        done = subprocess.CompletedProcess(args, json.loads(answer)["code"], out.read_text(),
+                                           out.with_suffix(".stderr").read_text())
         assert not timed_out, f"qlit did not finish in {timeout} s: {done.stderr[-3000:]}"
         return done
 
     def run(self, args: list[str], cwd: Path | str | None = None, env: dict[str, str] | None = None,
-            timeout: float = 300) -> Finished:
+            timeout: float = 300) -> subprocess.CompletedProcess:
         """``qlit <args>`` to its end, like ``subprocess.run``."""
         return self.wait(self.start(args, cwd, env), timeout)
 

@@ -27,6 +27,7 @@ from qlit.cli import main
 from qlit.errors import QlitError
 from qlit.io.checkpoints import load_checkpoint
 from tests.conftest import CONFIGS, QUICK
+from tests.forked import user_environment
 
 IRIS = str(CONFIGS / "iris.yaml")
 GENOMIC = str(CONFIGS / "genomic.yaml")
@@ -416,7 +417,7 @@ def test_unreadable_input_file_is_one_line_in_the_real_process(run_copy: Path, a
     prefix = _as_reader_without_root_powers()
     probe = subprocess.run([*prefix, sys.executable, "-c", "open('secret.csv').read()"], capture_output=True)
     assert probe.returncode != 0 and b"PermissionError" in probe.stderr, "the file must really be unreadable"
-    env = {k: v for k, v in os.environ.items() if k != "QLIT_DEBUG"}
+    env = user_environment()
     done = subprocess.run(
         [*prefix, sys.executable, "-m", "qlit", *args, *QUICK], capture_output=True, text=True, env=env, timeout=120
     )

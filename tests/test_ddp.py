@@ -21,6 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from qlit.cli import QlitCLI
 from tests.conftest import CONFIGS, QUICK
+from tests.forked import user_environment
 
 GENOMIC = str(CONFIGS / "genomic.yaml")
 EPOCHS = 2
@@ -35,7 +36,7 @@ def qlit_subprocess(args: list[str], cwd: Path, env: dict[str, str]) -> subproce
 def helper_env(folder: Path, module: str, source: str, **extra: str) -> dict[str, str]:
     """The environment of a DDP run whose processes can import ``module`` (``source``, written to ``folder``)."""
     (folder / f"{module}.py").write_text(source)
-    env = {k: v for k, v in os.environ.items() if k not in ("QLIT_DEBUG", "PL_GLOBAL_SEED")}
+    env = user_environment()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), env.get("PYTHONPATH")]))
     return {**env, **extra}
 

@@ -190,7 +190,8 @@ def test_killed_sweep_leaves_no_process_and_no_unrecorded_state_to_restore(tmp_p
                "--num_samples=1", "--inner_folds=2", "--nested=false", "--asha=false", "--workers=2"]
     tag = uuid.uuid4().hex
     # TUNE_GLOBAL_CHECKPOINT_S=0: Ray Tune saves its state after every step, so the kill finds a trial saved
-    env = {**os.environ, TAG_ENV: tag, "TUNE_GLOBAL_CHECKPOINT_S": "0", "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    extra = {TAG_ENV: tag, "TUNE_GLOBAL_CHECKPOINT_S": "0", "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    env = {**os.environ, **extra}
     sweep = subprocess.Popen([sys.executable, "-m", "qlit", *command, *QUICK], cwd=tmp_path, env=env,
                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     folder = tmp_path / "lightning_logs" / "iris" / "tune_0"
@@ -210,8 +211,7 @@ def test_killed_sweep_leaves_no_process_and_no_unrecorded_state_to_restore(tmp_p
 
     # Ray saved its state after qlit last recorded it (kill -9 leaves no time to): restoring would unpickle
     # files qlit cannot vouch for, so the resume is refused in one line, before Ray starts
-    refused = qlit_processes.run([*command, "--resume=true", *QUICK], cwd=tmp_path,
-                                 env={TAG_ENV: tag, "XDG_CONFIG_HOME": str(tmp_path / "config")})
+    refused = qlit_processes.run([*command, "--resume=true", *QUICK], cwd=tmp_path, env=extra)
     lines = [line for line in refused.stderr.splitlines() if line.strip()]
     assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-3000:]
     assert "ray/outer_0" in lines[0] and "start the sweep again without --resume" in lines[0]
