@@ -25,12 +25,13 @@ def _outputs_and_grads(module: torch.nn.Module, x: torch.Tensor):
     return out.detach().cpu(), weights.grad.detach().cpu(), inputs.grad.detach().cpu()
 
 
-@pytest.mark.parametrize("n_qubits,fused", [(4, True), (4, False), (9, False)])
+@pytest.mark.parametrize("n_qubits,path", [(4, "fused"), (4, "layers"), (9, "layers"), (12, "mps")])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
-def test_qlit_backend_on_cuda_matches_cpu(n_qubits, fused, dtype, tol):
+def test_qlit_backend_on_cuda_matches_cpu(n_qubits, path, dtype, tol):
     torch.manual_seed(0)
     circuit = StatevectorCircuit(n_qubits, 2, "strong", "X").to(dtype)
-    circuit.fused = fused
+    circuit.fused, circuit.mps = path == "fused", path == "mps"
+    assert circuit.uses_mps(64) == (path == "mps")
     x = torch.rand(64, n_qubits, dtype=dtype) * 3
     on_cpu = _outputs_and_grads(circuit, x)
     circuit.cuda()  # after a CPU call: the cached constants must follow the move

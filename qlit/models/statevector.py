@@ -13,13 +13,16 @@ arithmetic, decides the speed. What the simulator exploits:
   ``2^n × 2^n`` unitary ``V`` and each sample costs one small real matmul. That path is one autograd
   function with a hand-written backward: the gradient of a gate angle with Pauli generator ``Q`` in
   layer ``l`` is ``½ Im Tr(Q P_l (∂L/∂V)^† V P_l^†)``, ``P_l`` being the circuit up to layer ``l``;
-* with many qubits (7 and more, or 6 with a large batch) the gates are applied to the states
+* with many qubits and few layers (two layers from about 12 qubits, fewer for small batches:
+  `qlit.models.mps.plan`) the circuit is
+  simulated as a matrix-product state (`qlit.models.mps`), whose cost grows as ``n²``, not ``2^n``;
+* otherwise, with many qubits (7 and more, or 6 with a large batch), the gates are applied to the states
   instead (`qlit.models.wide`): the first layer still acts on the product state, and each later
   layer's rotations are applied three wires at a time as one Kronecker-product matrix, one large
   matrix product per group; states too large for the cache go through all the groups in cache-sized
   blocks, and their backward recomputes each block instead of keeping every intermediate state.
 
-Both paths need the sine and gradient tables of `_gate_tables`, which exist for ``basic`` and
+These paths need the sine and gradient tables of `qlit.models.gate_tables`, which exist for ``basic`` and
 ``strong``. Every other ansatz, and every circuit under gate noise or with finite shots, runs on the
 general gate-by-gate path of `qlit.models.gates` (autograd, density matrices, sampling). Exact
 expectations with readout error only stay on the fast paths: a bit flip with probability ``p`` scales
@@ -37,15 +40,14 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from qlit.models import gates as general
-from qlit.models import wide
+from qlit.models import mps, wide
 from qlit.models.circuit import CircuitSpec, entangler_pairs, init_weights, weight_shape
+from qlit.models.gate_tables import TABLE_ANSATZES, gate_tables
 
 # The fused unitary costs O(4^n) memory and O(8^n) work per step whatever the batch. Measured on a
 # 2-core CPU (forward + backward): it wins at every batch size up to 5 qubits, below ~1000 samples at
 # 6 qubits, and never from 7 qubits on.
 FUSED_MAX_QUBITS = 6
-# The ansätze with hand-derived tables for the fused and the table-driven gate paths.
-TABLE_ANSATZES = ("basic", "strong")
 FUSED_MAX_BATCH_AT_MAX_QUBITS = 1024
 
 
@@ -80,64 +82,6 @@ def _cnot_permutation(n_qubits: int, pairs: list[tuple[int, int]]) -> torch.Tens
 def _z_signs(n_qubits: int) -> torch.Tensor:
     """``(2^n, n)`` matrix of PauliZ eigenvalues: entry ``[k, w]`` is ±1 for basis state k on wire w."""
     return 1.0 - 2.0 * _bits(n_qubits)
-
-
-def _gate_tables(ansatz: str, embedding: str, n_layers: int) -> dict[str, torch.Tensor]:
-    """Constants that turn weights into gate matrices with a matmul, a sine and a matmul.
-
-    ``sines = sin(w @ angle_map + quarter_turns·π/2)``; ``sines[:, :A] @ mix[layer]`` are the real and
-    imaginary parts of the gate's four entries. Products of cosines and sines are written as sums of
-    sines (``cos a cos b = ½(cos(a+b) + cos(a-b))``), which keeps the map linear after the sine. The
-    first layer's table also carries the embedding's constant phase,
-    ``RX(x)|0⟩ = diag(1, -i)(cos x/2, sin x/2)``. For ``strong``, the remaining sines times ``rot_grad``
-    give the 3×3 matrix that turns ``(Im Tr(X N), Im Tr(Y N), Im Tr(Z N))`` into the (φ, θ, ω) gradient.
-    """
-    tables: dict[str, torch.Tensor] = {}
-    if ansatz == "basic":
-        # RX(θ) = [[c, -is], [-is, c]] with (c, s) = sin(θ/2 + (π/2, 0)).
-        angle_map = torch.tensor([[0.5, 0.5]])
-        quarter_turns = torch.tensor([1, 0])
-        mix = torch.zeros(2, 2, 2, 2)  # angle, row, column, (re, im)
-        mix[0, 0, 0, 0] = mix[0, 1, 1, 0] = 1.0
-        mix[1, 0, 1, 1] = mix[1, 1, 0, 1] = -1.0
-    else:
-        # Rot(φ, θ, ω) = [[e^{-ia} C, -e^{id} S], [e^{-id} S, e^{ia} C]] with a = (φ+ω)/2, d = (φ-ω)/2,
-        # C = cos θ/2, S = sin θ/2: real and imaginary parts are ±cos(a)C, ±cos(d)S, ±sin(a)C, ±sin(d)S.
-        phi, theta, omega = torch.eye(3)
-        a, d, h = (phi + omega) / 2, (phi - omega) / 2, theta / 2
-        gate_angles = [a + h, a - h, h + d, h - d, a + h, a - h, d - h, d + h]
-        gate_turns = [1, 1, 0, 0, 0, 0, 1, 1]
-        products = torch.zeros(8, 4)  # sines -> (cos a C, cos d S, sin a C, sin d S)
-        products[[0, 1], 0] = products[[2, 3], 1] = products[[4, 5], 2] = 0.5
-        products[6, 3], products[7, 3] = 0.5, -0.5
-        entries = torch.zeros(4, 2, 2, 2)
-        entries[0, 0, 0, 0] = entries[0, 1, 1, 0] = 1.0
-        entries[1, 0, 1, 0], entries[1, 1, 0, 0] = -1.0, 1.0
-        entries[2, 0, 0, 1], entries[2, 1, 1, 1] = -1.0, 1.0
-        entries[3, 0, 1, 1] = entries[3, 1, 0, 1] = -1.0
-        mix = torch.einsum("ap,prcz->arcz", products, entries)
-        # Generators: ∂ω -> Z; ∂θ -> RZ(ω) Y RZ(ω)† = cos ω Y - sin ω X;
-        # ∂φ -> Rot Z Rot† = cos θ Z + sin θ (cos ω X + sin ω Y).
-        grad_angles = [theta + omega, theta - omega, theta - omega, theta + omega, theta, omega, omega, 0 * omega]
-        grad_turns = [0, 0, 1, 1, 1, 0, 1, 1]
-        rot_grad = torch.zeros(8, 3, 3)  # sine, gradient (φ, θ, ω), trace (X, Y, Z)
-        rot_grad[[0, 1], 0, 0] = 0.5  # sin θ cos ω
-        rot_grad[2, 0, 1], rot_grad[3, 0, 1] = 0.5, -0.5  # sin θ sin ω
-        rot_grad[4, 0, 2] = 1.0  # cos θ
-        rot_grad[5, 1, 0], rot_grad[6, 1, 1] = -1.0, 1.0  # -sin ω, cos ω
-        rot_grad[7, 2, 2] = 1.0
-        angle_map = torch.stack(gate_angles + grad_angles, 1)
-        quarter_turns = torch.tensor(gate_turns + grad_turns)
-        tables["rot_grad"] = rot_grad.reshape(8, 9)
-    first = mix.clone()
-    if embedding == "X":
-        # Column 1 times -i: (re, im) -> (im, -re).
-        first[:, :, 1, 0] = mix[:, :, 1, 1]
-        first[:, :, 1, 1] = -mix[:, :, 1, 0]
-    tables["angle_map"] = angle_map
-    tables["angle_turns"] = quarter_turns
-    tables["mix"] = torch.stack([first] + [mix] * (n_layers - 1)).reshape(n_layers, mix.shape[0], 8)
-    return tables
 
 
 def _product_state(factors: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
@@ -227,6 +171,9 @@ class StatevectorCircuit(nn.Module):
         fused: ``None`` (default) lets `uses_fused` pick the cheaper path per batch; ``True`` or
             ``False`` forces the fused-unitary or the gate-by-gate path (the fused one only exists up
             to ``FUSED_MAX_QUBITS`` qubits, and only for the ansätze with tables).
+        mps: Outside the fused path, ``None`` (default) lets `uses_mps` pick between the matrix-product state
+            (`qlit.models.mps`) and the statevector layers (`qlit.models.wide`) per batch; ``True`` or
+            ``False`` forces one (the MPS only where `qlit.models.mps.fits`).
         general: ``True`` forces the general gate-by-gate path (`qlit.models.gates`) for any circuit; it is
             taken anyway for ansätze without tables, gate noise and shots.
 
@@ -243,29 +190,37 @@ class StatevectorCircuit(nn.Module):
         self.n_layers = n_layers
         self.ansatz = ansatz
         self.embedding = embedding
+        self.entanglers = entangler_pairs(n_qubits, n_layers, ansatz)
         self.fused: bool | None = None
+        self.mps: bool | None = None
         self.general = False
         self.weights = nn.Parameter(init_weights(torch.empty(weight_shape(n_qubits, n_layers, ansatz)), spec.init_std))
         self._cache: dict[tuple[torch.dtype, torch.device], dict[str, torch.Tensor]] = {}
         self.program = general.GateProgram(spec)
         if ansatz not in TABLE_ANSATZES:
-            self._buffer("perms", torch.zeros(1, dtype=torch.long))  # the device the constants live on
             return
 
-        bits = _bits(n_qubits)
-        perms = [_cnot_permutation(n_qubits, pairs) for pairs in entangler_pairs(n_qubits, n_layers, ansatz)]
-        for name, table in _gate_tables(ansatz, embedding, n_layers).items():
+        for name, table in gate_tables(ansatz, embedding, n_layers).items():
             self._buffer(name, table)
-        self._buffer("perms", torch.stack(perms))
-        # The last CNOT layer permutes the basis: read ⟨Z⟩ through its inverse instead.
-        z_signs = _z_signs(n_qubits)[torch.argsort(perms[-1])]
-        self._buffer("z_signs", z_signs)
         # Embedding factor of bit b: sin(scale·x + (1 - b)·π/2), i.e. (cos x/2, sin x/2). RZ leaves |0⟩
         # alone up to a global phase, so its factor is (1, 0) whatever the input (scale 0).
         self.embedding_scale = 0.0 if embedding == "Z" else 0.5
         self._buffer("embedding_turns", torch.tensor([[1], [0]]))
         if n_qubits <= FUSED_MAX_QUBITS:
-            self._fused_tables(perms, bits)
+            perms, z_signs = self._basis_tables()
+            self._buffer("perms", perms)
+            self._buffer("z_signs", z_signs)
+            self._fused_tables(list(perms), _bits(n_qubits))
+
+    def _basis_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The statevector's ``(n_layers, 2^n)`` CNOT permutations and ``(2^n, n)`` ⟨Z⟩ signs, read through the last.
+
+        Tables of ``2^n`` rows (96 MiB and 2 s at 20 qubits), so wide circuits build them only when a batch takes
+        the statevector path rather than the MPS one.
+        """
+        perms = torch.stack([_cnot_permutation(self.n_qubits, p) for p in self.entanglers])
+        # The last CNOT layer permutes the basis: read ⟨Z⟩ through its inverse instead.
+        return perms, _z_signs(self.n_qubits)[torch.argsort(perms[-1])]
 
     def _buffer(self, name: str, value: torch.Tensor) -> None:
         # Derived constants, rebuilt by __init__: they move with .to() but stay out of the state dict.
@@ -308,7 +263,7 @@ class StatevectorCircuit(nn.Module):
         buffers, and copies on the device left behind are dropped. The buffers themselves hold only integers
         and small dyadic values, exact in every float dtype, so a cast needs no rebuild of its own.
         """
-        device = self.perms.device
+        device = self.weights.device
         key = (dtype, device)
         if key not in self._cache:
             self._cache = {k: v for k, v in self._cache.items() if k[1] == device}
@@ -334,6 +289,18 @@ class StatevectorCircuit(nn.Module):
             return self.fused
         return self.n_qubits < FUSED_MAX_QUBITS or batch < FUSED_MAX_BATCH_AT_MAX_QUBITS
 
+    def uses_mps(self, batch: int) -> bool:
+        """Whether a batch of this size runs as a matrix-product state (`qlit.models.mps`; ``self.mps`` overrides).
+
+        Automatic only beyond ``FUSED_MAX_QUBITS`` qubits, where `qlit.models.mps.plan` was measured; never for
+        bonds beyond `qlit.models.mps.MAX_BOND` (three or more layers), whose readout would not fit in memory.
+        """
+        if self.uses_general() or self.uses_fused(batch) or not mps.fits(self.n_qubits, self.entanglers):
+            return False
+        if self.mps is not None:
+            return self.mps
+        return self.n_qubits > FUSED_MAX_QUBITS and mps.plan(self.n_qubits, self.entanglers, batch).use
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Expectation values in the inputs' and weights' promoted dtype, float32 at the least."""
         lead = inputs.shape[:-1]
@@ -346,6 +313,8 @@ class StatevectorCircuit(nn.Module):
             else:
                 if self.uses_fused(x.shape[0]):
                     out = _FusedCircuit.apply(x, weights, self)
+                elif self.uses_mps(x.shape[0]):
+                    out = self._apply_mps(x, weights, self._constants(dtype))
                 else:
                     out = self._apply_gates(x, weights, self._constants(dtype))
                 if self.spec.readout_error > 0:
@@ -380,5 +349,18 @@ class StatevectorCircuit(nn.Module):
         gates = self._gates(weights, c)[1]
         factors = gates[0] @ self._embedding_factors(x, c).to(gates.dtype)
         if "inverse_perms" not in c:  # built on first use: only this path needs them
+            if "perms" not in c:
+                perms, z_signs = self._basis_tables()
+                c["perms"], c["z_signs"] = perms.to(x.device), z_signs.to(x.device, x.dtype)
             c["inverse_perms"] = torch.argsort(c["perms"], dim=1)
         return wide.run(gates, factors, c["perms"], c["inverse_perms"], c["z_signs"])
+
+    def _apply_mps(self, x: torch.Tensor, weights: torch.Tensor, c: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Matrix-product-state path (`qlit.models.mps`): the first layer acts on the product state."""
+        gates = self._gates(weights, c)[1]
+        factors = gates[0] @ self._embedding_factors(x, c).to(gates.dtype)
+        if "mps_operators" not in c:  # built on first use: only this path needs them
+            n, layers = self.n_qubits, self.entanglers
+            c["mps_operators"] = [mps.layer_operator(n, pairs).to(x.device, gates.dtype) for pairs in layers[:-1]]
+            c["mps_strings"] = mps.z_strings(n, layers[-1]).to(x.device)
+        return mps.run(gates, factors, c["mps_operators"], c["mps_strings"])

@@ -57,8 +57,13 @@ def _assert_agrees(n_qubits, n_layers, ansatz, embedding, paths):
     reference = _pennylane_reference(n_qubits, ansatz, embedding, circuit.weights, x, cotangent)
     for fused in paths:
         # "general": the autograd gate-by-gate fallback every ansatz gets, forced even where tables exist.
+        # "mps": the matrix-product state; False: the statevector layers.
         circuit.general = fused == "general"
-        circuit.fused = None if circuit.general else fused
+        circuit.mps = fused == "mps"
+        circuit.fused = None if circuit.general else fused is True
+        if fused == "mps" and not circuit.uses_mps(5):
+            assert n_layers > 2 or circuit.uses_general()  # bonds of 16 or more: refused even when asked for
+            continue
         for name, ours, theirs in zip(("output", "weight grad", "input grad"), _ours(circuit, x, cotangent), reference):
             assert ours.shape == theirs.shape
             error = (ours - theirs).abs().max().item()
@@ -67,13 +72,13 @@ def _assert_agrees(n_qubits, n_layers, ansatz, embedding, paths):
 
 @pytest.mark.parametrize("n_qubits,n_layers,ansatz,embedding", SMALL)
 def test_matches_pennylane_on_small_circuits(n_qubits, n_layers, ansatz, embedding):
-    _assert_agrees(n_qubits, n_layers, ansatz, embedding, paths=[True, False, "general"])
+    _assert_agrees(n_qubits, n_layers, ansatz, embedding, paths=[True, False, "mps", "general"])
 
 
 @pytest.mark.parametrize("n_qubits,n_layers,ansatz,embedding", LARGE)
 def test_matches_pennylane_on_larger_circuits(n_qubits, n_layers, ansatz, embedding):
     paths = [True, False] if n_qubits <= statevector.FUSED_MAX_QUBITS else [False]
-    _assert_agrees(n_qubits, n_layers, ansatz, embedding, paths + ["general"])
+    _assert_agrees(n_qubits, n_layers, ansatz, embedding, paths + ["mps", "general"])
 
 
 @pytest.mark.parametrize("n_qubits,n_layers,embedding", [(5, 2, "X"), (7, 1, "Y")])

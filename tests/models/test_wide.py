@@ -30,7 +30,7 @@ def _reference(circuit, x, cotangent):
 def _circuit_and_data(n_qubits, n_layers, ansatz, embedding):
     torch.manual_seed(n_qubits * 10 + n_layers)
     circuit = StatevectorCircuit(n_qubits, n_layers, ansatz, embedding)
-    circuit.fused = False
+    circuit.fused = circuit.mps = False  # the statevector layers, whatever the cheaper path
     with torch.no_grad():
         circuit.weights.normal_(0.0, 1.0)  # generic angles, not the small initialisation
     x = torch.randn(6, n_qubits) * 2.0
