@@ -10,10 +10,11 @@ which the readout measures instead. So a circuit of ``L`` layers holds bonds of 
 counts the crossings of a cut by the first ``L - 1`` CNOT layers: 4 for two ``basic`` or ``strong``
 layers (a ring crosses every cut twice), 16 for three ``basic`` layers, whatever the number of qubits.
 
-Work and memory grow as ``n²`` (``n`` outputs read across ``n`` sites) instead of ``2^n``: with two layers
-and a batch of 16, a 20-qubit training step took 5 ms where the statevector took 2.2 s. `plan` says when
-this beats the statevector (`qlit.models.wide`); every operation is plain differentiable PyTorch, so
-autograd and ``torch.func`` transforms work as they do on the statevector path.
+Work grows as ``n² · bond³`` (``n`` outputs read across ``n`` sites) instead of ``n · 2^n``, and memory
+stays small: with two layers and a batch of 16, a 20-qubit training step took about 6 ms where the
+statevector took 2.2 s. `plan` says when this beats the statevector (`qlit.models.wide`); every operation
+is plain differentiable PyTorch, so autograd and ``torch.func`` transforms work as they do on the
+statevector path.
 """
 
 from __future__ import annotations
@@ -23,14 +24,17 @@ from dataclasses import dataclass
 
 import torch
 
-# Estimated training-step times on the 2-core CPU (one thread), fitted to both paths timed at 7 to 16
-# qubits and batches of 1 to 1024 (within 1.5x, up to 2x at batch 1024, where both slow down alike):
-# fixed costs of the operations per layer and wire, and work per sample. Only their comparison is used.
-STATEVECTOR_MS = (0.45, 0.035, 1.7e-6)  # per layer; per layer and wire; per layer, wire and amplitude
-MPS_MS = (0.6, 0.065, 3.1e-6)  # once; per wire; per wire, output and transfer-matrix entry
-# The readout's transfer matrices hold bond^4 entries per site and sample: at bond 16 (three layers) they
-# no longer fit in cache and the MPS lost to the statevector at 16 qubits (4.3 s against 0.12 s a step).
-MAX_BOND = 4
+from qlit.models import wide
+
+# Estimated training-step times (ms) on the 2-core CPU, one thread, fitted to both paths timed at 7 to 16
+# qubits, two and three layers, batches of 1 to 1024 (where the fit chose the slower path, it was slower
+# by 1.22x at most). Only their comparison is used.
+# MPS: once; per wire; per sample, wire and output times bond^3 and times bond (the readout's products).
+MPS_MS = (0.6, 0.11, 4.3e-6, 5.9e-5)
+# Statevector: per layer; per layer and wire; per layer, wire and amplitude, in cache and beyond it.
+STATEVECTOR_MS = (0.45, 0.035, 2.2e-6, 3.5e-6)
+# Bonds measured: 4 (two layers) and 16 (three). Wider bonds (three strong layers: 64) stay on the statevector.
+MAX_BOND = 16
 
 
 def _cuts(control: int, target: int) -> range:
@@ -115,10 +119,12 @@ def plan(n_qubits: int, layers: list[list[tuple[int, int]]], batch: int = 1) -> 
     """
     n_layers = len(layers)
     bond = max_bond(n_qubits, layers)
-    fixed, per_wire, per_entry = MPS_MS
-    mps = fixed + per_wire * n_qubits + per_entry * batch * n_qubits**2 * bond**4
-    per_layer, per_layer_wire, per_amplitude = STATEVECTOR_MS
-    statevector = n_layers * (per_layer + per_layer_wire * n_qubits + per_amplitude * batch * n_qubits * 2.0**n_qubits)
+    fixed, per_wire, per_cube, per_bond = MPS_MS
+    mps = fixed + per_wire * n_qubits + batch * n_qubits**2 * (per_cube * bond**3 + per_bond * bond)
+    per_layer, per_layer_wire, in_cache, beyond = STATEVECTOR_MS
+    amplitudes = batch * 2.0**n_qubits
+    per_amplitude = in_cache if amplitudes < wide.BLOCKED_MIN_AMPLITUDES else beyond
+    statevector = n_layers * (per_layer + per_layer_wire * n_qubits + per_amplitude * n_qubits * amplitudes)
     return Plan(bond <= MAX_BOND and mps < statevector, mps, statevector)
 
 
@@ -128,30 +134,25 @@ def max_bond(n_qubits: int, layers: list[list[tuple[int, int]]]) -> int:
 
 
 def fits(n_qubits: int, layers: list[list[tuple[int, int]]]) -> bool:
-    """Whether the circuit's bonds stay within `MAX_BOND`, so that the MPS readout fits in memory."""
+    """Whether the circuit's bonds stay within `MAX_BOND`, the widest the cost model was measured at."""
     return max_bond(n_qubits, layers) <= MAX_BOND
 
 
-# A site's transfer matrices sum ``A_s ⊗ conj(A_s)`` over its physical value ``s`` with these signs:
-# row s, column 0 for the identity on the wire, column 1 for Z.
-_SIGNS = ((1.0, 1.0), (1.0, -1.0))
-
-
 def run(
-    gates: torch.Tensor, factors: torch.Tensor, operators: list[torch.Tensor], strings: torch.Tensor
+    gates: torch.Tensor, factors: torch.Tensor, operators: list[torch.Tensor], signs: torch.Tensor
 ) -> torch.Tensor:
     """⟨Z⟩ of every wire ``(B, n)``, from the first layer's one-qubit states and the later layers' gates.
 
     The sites live in one tensor ``(n, B, left, 2, right)``, bonds padded with zeros (`layer_operator`), so
-    each layer is two operations whatever the width. The readout builds every site's two transfer
-    matrices (identity and Z) at once, then carries one row vector per output through the sites: two
-    operations per site, a product and a choice between the two.
+    each layer is two operations whatever the width. The readout carries one left environment per output
+    (its Z product so far, between the state and its conjugate) through the sites: two batched matrix
+    products per site.
 
     Args:
         gates: ``(n_layers, n, 2, 2)`` complex gates; layer 0 is already folded into ``factors``.
         factors: ``(n, 2, B)`` complex one-qubit states after the embedding and the first layer.
         operators: `layer_operator` of every CNOT layer but the last, in the gates' dtype.
-        strings: ``(n, n)`` bool Z products (`z_strings`) of the last CNOT layer.
+        signs: `readout_signs` of the last CNOT layer, in the real dtype.
     """
     n, _, batch = factors.shape
     sites = factors.transpose(1, 2)[:, :, None, :, None]  # (n, B, 1, 2, 1)
@@ -161,15 +162,25 @@ def run(
         _, _, left, _, right = sites.shape
         a, b = operator.shape[1:3]
         sites = torch.einsum("nabst,nxltr->nxlasrb", operator, sites).reshape(n, batch, left * a, 2, right * b)
-    bond = sites.shape[2]
-    signs = torch.tensor(_SIGNS, dtype=sites.dtype, device=sites.device)
-    bras = sites.conj()[:, :, :, :, None, :] * signs[:, :, None]  # (n, B, l', s, z, r')
-    # transfer[k][b, (l l'), z, (r r')]: site k from bond pair (l, l') to (r, r'), z = 0 identity, 1 Z.
-    transfer = torch.einsum("kblsr,kbmszq->kblmzrq", sites, bras).reshape(n, batch, bond * bond, 2 * bond * bond)
-    transfer = transfer.unbind(0)  # one backward for all sites, not a zero-filled gradient per site
-    outputs = strings.shape[0]
-    env = transfer[0][:, :1].reshape(batch, 2, -1).index_select(1, strings[:, 0].long())  # (B, outputs, l l')
+    # einsum may return a permuted view, and bmm over strided batches falls back to one product per sample.
+    sites = sites.contiguous().unbind(0)
+    outputs, bond = signs.shape[1], sites[0].shape[-1]
+
+    def close(kets: torch.Tensor, site: torch.Tensor) -> torch.Tensor:
+        # env[b, r', o, r]: Σ over (l', s) of the conjugate site times kets[b, l', o, s, r].
+        lefts = site.shape[1]
+        bras = site.conj().reshape(batch, lefts * 2, bond).transpose(1, 2)
+        return torch.bmm(bras, kets.transpose(2, 3).reshape(batch, lefts * 2, -1)).reshape(batch, bond, outputs, bond)
+
+    # The first site's environment is the left boundary, bond index 0 on both sides.
+    env = close(sites[0][:, :1, None] * signs[0][:, :, None], sites[0][:, :1])
     for w in range(1, n):
-        both = torch.bmm(env, transfer[w]).reshape(batch, outputs, 2, -1)
-        env = torch.where(strings[:, w, None], both[:, :, 1], both[:, :, 0])
-    return env[:, :, 0].real
+        kets = torch.bmm(env.reshape(batch, -1, bond), sites[w].reshape(batch, bond, -1))
+        env = close(kets.reshape(batch, bond, outputs, 2, bond) * signs[w][:, :, None], sites[w])
+    return env[:, 0, :, 0].real
+
+
+def readout_signs(strings: torch.Tensor) -> torch.Tensor:
+    """``(n, outputs, 2)``: the sign each output's Z product (`z_strings`) gives basis value 0 and 1 of each site."""
+    flips = strings.T.to(torch.float32)
+    return torch.stack([torch.ones_like(flips), 1.0 - 2.0 * flips], dim=-1)

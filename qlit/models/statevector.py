@@ -13,7 +13,7 @@ arithmetic, decides the speed. What the simulator exploits:
   ``2^n × 2^n`` unitary ``V`` and each sample costs one small real matmul. That path is one autograd
   function with a hand-written backward: the gradient of a gate angle with Pauli generator ``Q`` in
   layer ``l`` is ``½ Im Tr(Q P_l (∂L/∂V)^† V P_l^†)``, ``P_l`` being the circuit up to layer ``l``;
-* with many qubits and few layers (two layers from about 12 qubits, fewer for small batches:
+* with many qubits and few layers (two layers from about 12 qubits, three from about 16:
   `qlit.models.mps.plan`) the circuit is
   simulated as a matrix-product state (`qlit.models.mps`), whose cost grows as ``n²``, not ``2^n``;
 * otherwise, with many qubits (7 and more, or 6 with a large batch), the gates are applied to the states
@@ -293,7 +293,7 @@ class StatevectorCircuit(nn.Module):
         """Whether a batch of this size runs as a matrix-product state (`qlit.models.mps`; ``self.mps`` overrides).
 
         Automatic only beyond ``FUSED_MAX_QUBITS`` qubits, where `qlit.models.mps.plan` was measured; never for
-        bonds beyond `qlit.models.mps.MAX_BOND` (three or more layers), whose readout would not fit in memory.
+        bonds beyond `qlit.models.mps.MAX_BOND` (three ``strong`` layers, four ``basic`` ones, or more).
         """
         if self.uses_general() or self.uses_fused(batch) or not mps.fits(self.n_qubits, self.entanglers):
             return False
@@ -362,5 +362,5 @@ class StatevectorCircuit(nn.Module):
         if "mps_operators" not in c:  # built on first use: only this path needs them
             n, layers = self.n_qubits, self.entanglers
             c["mps_operators"] = [mps.layer_operator(n, pairs).to(x.device, gates.dtype) for pairs in layers[:-1]]
-            c["mps_strings"] = mps.z_strings(n, layers[-1]).to(x.device)
-        return mps.run(gates, factors, c["mps_operators"], c["mps_strings"])
+            c["mps_signs"] = mps.readout_signs(mps.z_strings(n, layers[-1])).to(x.device, x.dtype)
+        return mps.run(gates, factors, c["mps_operators"], c["mps_signs"])

@@ -62,7 +62,7 @@ def _assert_agrees(n_qubits, n_layers, ansatz, embedding, paths):
         circuit.mps = fused == "mps"
         circuit.fused = None if circuit.general else fused is True
         if fused == "mps" and not circuit.uses_mps(5):
-            assert n_layers > 2 or circuit.uses_general()  # bonds of 16 or more: refused even when asked for
+            assert n_layers > 2 or circuit.uses_general()  # bonds beyond MAX_BOND: refused even when asked for
             continue
         for name, ours, theirs in zip(("output", "weight grad", "input grad"), _ours(circuit, x, cotangent), reference):
             assert ours.shape == theirs.shape
