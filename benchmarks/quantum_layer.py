@@ -3,7 +3,8 @@
 A step is forward, backward and an Adam update of ``HybridNet``: ``Linear(n, n)`` → tanh·π/2 →
 circuit (``n`` qubits, 2 layers) → ``Linear(n, 1)``, binary cross-entropy on random data. Backends:
 
-* ``qlit``: qlit's batched statevector simulator (autograd / its own backward);
+* ``qlit``: qlit's own simulator, on whichever path it picks for the size (fused unitary, matrix-product
+  state or statevector layers; autograd or its own backward);
 * ``default.qubit``: PennyLane's default device, ``diff_method="backprop"`` (the batch is broadcast
   through one simulation, PennyLane's fastest option at these sizes);
 * ``lightning.qubit``: PennyLane Lightning, ``diff_method="adjoint"`` (one tape per sample);
