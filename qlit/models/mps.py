@@ -107,18 +107,17 @@ class Plan:
     statevector_ms: float
 
 
-def plan(n_qubits: int, layers: list[list[tuple[int, int]]], batch: int = 1) -> Plan:
+def plan(n_qubits: int, n_layers: int, bond: int, batch: int = 1) -> Plan:
     """Compare the MPS with the statevector for a training step of ``batch`` samples (`MPS_MS`, `STATEVECTOR_MS`).
 
     Circuits whose bonds would exceed `MAX_BOND` stay on the statevector.
 
     Args:
         n_qubits: Circuit width.
-        layers: The (control, target) CNOT pairs of every layer (`qlit.models.circuit.entangler_pairs`).
+        n_layers: Number of entangling layers.
+        bond: The circuit's widest bond (`max_bond`).
         batch: Samples per step.
     """
-    n_layers = len(layers)
-    bond = max_bond(n_qubits, layers)
     fixed, per_wire, per_cube, per_bond = MPS_MS
     mps = fixed + per_wire * n_qubits + batch * n_qubits**2 * (per_cube * bond**3 + per_bond * bond)
     per_layer, per_layer_wire, in_cache, beyond = STATEVECTOR_MS
@@ -131,11 +130,6 @@ def plan(n_qubits: int, layers: list[list[tuple[int, int]]], batch: int = 1) -> 
 def max_bond(n_qubits: int, layers: list[list[tuple[int, int]]]) -> int:
     """The widest bond the MPS of a circuit with CNOT layers ``layers`` holds (the last layer is never applied)."""
     return max(bond_dims(n_qubits, layers[:-1]), default=1)
-
-
-def fits(n_qubits: int, layers: list[list[tuple[int, int]]]) -> bool:
-    """Whether the circuit's bonds stay within `MAX_BOND`, the widest the cost model was measured at."""
-    return max_bond(n_qubits, layers) <= MAX_BOND
 
 
 def run(

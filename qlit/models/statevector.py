@@ -173,7 +173,7 @@ class StatevectorCircuit(nn.Module):
             to ``FUSED_MAX_QUBITS`` qubits, and only for the ansätze with tables).
         mps: Outside the fused path, ``None`` (default) lets `uses_mps` pick between the matrix-product state
             (`qlit.models.mps`) and the statevector layers (`qlit.models.wide`) per batch; ``True`` or
-            ``False`` forces one (the MPS only where `qlit.models.mps.fits`).
+            ``False`` forces one (the MPS only where ``mps_bond`` is at most `qlit.models.mps.MAX_BOND`).
         general: ``True`` forces the general gate-by-gate path (`qlit.models.gates`) for any circuit; it is
             taken anyway for ansätze without tables, gate noise and shots.
 
@@ -191,6 +191,7 @@ class StatevectorCircuit(nn.Module):
         self.ansatz = ansatz
         self.embedding = embedding
         self.entanglers = entangler_pairs(n_qubits, n_layers, ansatz)
+        self.mps_bond = mps.max_bond(n_qubits, self.entanglers)
         self.fused: bool | None = None
         self.mps: bool | None = None
         self.general = False
@@ -295,11 +296,11 @@ class StatevectorCircuit(nn.Module):
         Automatic only beyond ``FUSED_MAX_QUBITS`` qubits, where `qlit.models.mps.plan` was measured; never for
         bonds beyond `qlit.models.mps.MAX_BOND` (three ``strong`` layers, four ``basic`` ones, or more).
         """
-        if self.uses_general() or self.uses_fused(batch) or not mps.fits(self.n_qubits, self.entanglers):
+        if self.uses_general() or self.uses_fused(batch) or self.mps_bond > mps.MAX_BOND:
             return False
         if self.mps is not None:
             return self.mps
-        return self.n_qubits > FUSED_MAX_QUBITS and mps.plan(self.n_qubits, self.entanglers, batch).use
+        return self.n_qubits > FUSED_MAX_QUBITS and mps.plan(self.n_qubits, self.n_layers, self.mps_bond, batch).use
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Expectation values in the inputs' and weights' promoted dtype, float32 at the least."""
@@ -344,10 +345,16 @@ class StatevectorCircuit(nn.Module):
         grad = (flipped * half_grad).sum(1).T
         return grad if self.embedding_scale == 0.5 else grad.mul_(2 * self.embedding_scale)
 
+    def _first_layer(
+        self, x: torch.Tensor, weights: torch.Tensor, c: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gates ``(n_layers, n, 2, 2)`` and the ``(n, 2, B)`` one-qubit states after the first layer."""
+        gates = self._gates(weights, c)[1]
+        return gates, gates[0] @ self._embedding_factors(x, c).to(gates.dtype)
+
     def _apply_gates(self, x: torch.Tensor, weights: torch.Tensor, c: dict[str, torch.Tensor]) -> torch.Tensor:
         """Gate-layer path (ordinary autograd, `qlit.models.wide`): the first layer acts on the product state."""
-        gates = self._gates(weights, c)[1]
-        factors = gates[0] @ self._embedding_factors(x, c).to(gates.dtype)
+        gates, factors = self._first_layer(x, weights, c)
         if "inverse_perms" not in c:  # built on first use: only this path needs them
             if "perms" not in c:
                 perms, z_signs = self._basis_tables()
@@ -357,8 +364,7 @@ class StatevectorCircuit(nn.Module):
 
     def _apply_mps(self, x: torch.Tensor, weights: torch.Tensor, c: dict[str, torch.Tensor]) -> torch.Tensor:
         """Matrix-product-state path (`qlit.models.mps`): the first layer acts on the product state."""
-        gates = self._gates(weights, c)[1]
-        factors = gates[0] @ self._embedding_factors(x, c).to(gates.dtype)
+        gates, factors = self._first_layer(x, weights, c)
         if "mps_operators" not in c:  # built on first use: only this path needs them
             n, layers = self.n_qubits, self.entanglers
             c["mps_operators"] = [mps.layer_operator(n, pairs).to(x.device, gates.dtype) for pairs in layers[:-1]]
