@@ -111,15 +111,14 @@ class _FusedCircuit(torch.autograd.Function):
         c = circuit._constants(x.dtype)
         n, dim = circuit.n_qubits, 2**circuit.n_qubits
         sines, gates = circuit._gates(weights, c)
-        factors = gates.reshape(-1)[c["kron_index"]]  # (L, n, 2^n, 2^n): one gate entry per wire
+        factors = gates.reshape(-1).index_select(0, c["kron_index"]).reshape(-1, n, dim, dim)  # one entry per wire
         layers = factors[:, 0]
         for wire in range(1, n):  # not .prod(): complex products are not implemented on every device
             layers = layers * factors[:, wire]
         prefix = [layers[0]]
         for layer in layers[1:]:
             prefix.append(layer @ prefix[-1])
-        unitary = prefix[-1]
-        real_u = torch.view_as_real(unitary).permute(2, 0, 1).reshape(2 * dim, dim)  # [Re V; Im V]
+        real_u = torch.view_as_real(prefix[-1]).permute(2, 0, 1).reshape(2 * dim, dim)  # [Re V; Im V]
         batch = x.shape[0]
         gather = c["product_index"] if batch * dim * n <= 2**18 else None
         amplitudes = _product_state(circuit._embedding_factors(x, c), gather)
@@ -237,15 +236,14 @@ class StatevectorCircuit(nn.Module):
             ((layer * n + wires[:, None, None]) * 2 + bits.T[:, :, None]) * 2 + bits[cols].T[:, None, :]
             for layer, cols in enumerate(columns)
         ]
-        self._buffer("kron_index", torch.stack(index))
+        self._buffer("kron_index", torch.stack(index).reshape(-1))
         self._buffer("product_index", (2 * wires[:, None] + bits.T).reshape(-1))
         self._buffer("readout", self.z_signs.repeat(2, 1))
         # ∂/∂x_w of the product state flips bit w of the basis index, with sign -1 where the bit is 0.
         flip = torch.arange(dim)[None, :] ^ (1 << (n - 1 - wires))[:, None]
         sign = 2.0 * bits.T - 1.0
-        flip_matrix = torch.zeros(n, dim, dim)
-        flip_matrix[wires[:, None], torch.arange(dim)[None, :], flip] = sign
-        self._buffer("flip_matrix", flip_matrix.reshape(n * dim, dim))
+        self._buffer("flip_index", flip.reshape(-1))
+        self._buffer("flip_signs", sign[:, None, :])
         # Im Tr(Q_w N) as a matmul over view_as_real(N): X reads Im N[i^w, i], Y reads ±Re N[i^w, i]
         # (Y = [[0, -i], [i, 0]]), Z reads ±Im N[i, i].
         column = torch.arange(dim).expand(n, dim)
@@ -341,9 +339,9 @@ class StatevectorCircuit(nn.Module):
         batch = amplitudes.shape[1]
         if self.embedding_scale == 0.0:
             return amplitudes.new_zeros(batch, self.n_qubits)
-        flipped = (c["flip_matrix"] @ amplitudes).reshape(self.n_qubits, -1, batch)
-        grad = (flipped * half_grad).sum(1).T
-        return grad if self.embedding_scale == 0.5 else grad.mul_(2 * self.embedding_scale)
+        flipped = amplitudes.index_select(0, c["flip_index"]).reshape(self.n_qubits, -1, batch).mul_(half_grad)
+        grad = (c["flip_signs"] @ flipped).reshape(self.n_qubits, batch).T
+        return grad if self.embedding_scale == 0.5 else grad.mul(2 * self.embedding_scale)
 
     def _first_layer(
         self, x: torch.Tensor, weights: torch.Tensor, c: dict[str, torch.Tensor]
