@@ -122,7 +122,9 @@ def test_ddp_predict_writes_every_sample_once_in_file_order(run, tmp_path):
     written = _written_by(run_dir, run_ddp)
     assert done[0].returncode == 0, done[0].stderr[-3000:]
     assert done[0].stdout.count("qlit: wrote 9 predictions") == 1  # rank 0 only
-    assert written.read_text() == single.read_text()
+    # Each rank predicts a smaller batch than the single process, and float32 products of other shapes may
+    # round the last bit differently: ids, labels and order must match exactly, probabilities to 2e-6.
+    _assert_same_predictions(_rows(written), _rows(single))
 
 
 @pytest.mark.parametrize(
