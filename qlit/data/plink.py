@@ -21,7 +21,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from qlit.data.base import KFoldDataModule, _sha256
-from qlit.data.genotype_pca import fit_genotype_pca, project_genotypes
+from qlit.data.genotype_pca import fit_genotype_pca
+from qlit.data.genotype_projection import project_genotypes, projection_order
 from qlit.data.plink_files import PlinkFileset, match_snps, read_sample_sheet
 from qlit.data.preprocessing import Preprocessor, check_components
 from qlit.data.sampling import TensorLoader
@@ -40,7 +41,7 @@ class PlinkDataModule(KFoldDataModule):
     standardised (scaler fit on the training rows), one feature per qubit. Once a checkpoint's state
     is restored, every individual is projected again with the checkpoint's kept SNPs, loadings and
     means, so ``test`` and ``predict`` see exactly the features the model was trained and tested with,
-    whatever this command's PCA options; ``min_maf``, ``block_snps`` and ``pca_iterations`` are part
+    whatever this command's PCA options; ``min_maf``, ``block_snps`` and the ``pca_`` options are part
     of the data's identity, so the split guard refuses a checkpoint trained with others.
 
     Args:
@@ -53,9 +54,12 @@ class PlinkDataModule(KFoldDataModule):
         n_components: Principal components kept, one per qubit.
         min_maf: Smallest minor-allele frequency (on the training rows) of a kept SNP, in ``[0, 0.5)``.
         block_snps: SNPs read at a time; memory is about ``individuals x block_snps x 5`` bytes.
-        pca_iterations: Power iterations of the randomized PCA (more: closer to exact, slower).
-        cache_gb: Training genotypes up to this size (int8: individuals x SNPs bytes) are read once
-            per fold and kept for the PCA's passes; larger ones are re-read from the ``.bed`` each pass.
+        pca_iterations: The most power iterations of the randomized PCA (more: closer to exact, slower).
+        pca_tolerance: Stop iterating once no component's estimated angle to the converged one has a sine
+            above this (`qlit.data.genotype_pca.fit_genotype_pca`); ``0``: always ``pca_iterations``, as
+            qlit did before the option (a checkpoint from then keeps its data identity under ``0``).
+        cache_gb: A fold's genotypes up to this size (int8: individuals x SNPs bytes) are read once per
+            fold and kept for the PCA's passes and projection; larger ones are re-read from the ``.bed``.
         strand_ambiguous: How predict treats the model's A/T and C/G SNPs, for which swapped alleles and
             the other strand look the same: ``"absent"`` (default) leaves them out of the matching and
             imputes them like absent SNPs; ``"match"`` matches them by their alleles as listed, for a
@@ -76,6 +80,7 @@ class PlinkDataModule(KFoldDataModule):
         min_maf: float = 0.01,
         block_snps: int = 8192,
         pca_iterations: int = 4,
+        pca_tolerance: float = 0.01,
         cache_gb: float = 3.0,
         strand_ambiguous: str = "absent",
         **kwargs,
@@ -88,6 +93,9 @@ class PlinkDataModule(KFoldDataModule):
             raise QlitError(f"block_snps must be an integer >= 1, got {block_snps!r}")
         if isinstance(pca_iterations, bool) or not isinstance(pca_iterations, int) or pca_iterations < 0:
             raise QlitError(f"pca_iterations must be an integer >= 0, got {pca_iterations!r}")
+        if isinstance(pca_tolerance, bool) or not isinstance(pca_tolerance, (int, float)) or not 0 <= pca_tolerance < 1:
+            raise QlitError(f"pca_tolerance must be a number in [0, 1), got {pca_tolerance!r}")
+        self.pca_tolerance = float(pca_tolerance)
         self.bed_file, self.labels_file = str(bed_file), str(labels_file)
         self.sample_column, self.label_column = sample_column, label_column
         self.n_components, self.min_maf = n_components, min_maf
@@ -167,9 +175,11 @@ class PlinkDataModule(KFoldDataModule):
         """The options besides the rows that change a fold's QC and PCA, hence its features.
 
         ``n_components`` is left out: it changes the model's width, which the checkpoint's shapes already
-        pin, and a search may tune it. ``cache_gb`` only changes how the ``.bed`` is read.
+        pin, and a search may tune it. ``cache_gb`` only changes how the ``.bed`` is read. ``pca_tolerance: 0``
+        is left out: the identity of data from before the option, which made ``pca_iterations`` always.
         """
-        return {"min_maf": float(self.min_maf), "block_snps": self.block_snps, "pca_iterations": self.pca_iterations}
+        options = {"min_maf": float(self.min_maf), "block_snps": self.block_snps, "pca_iterations": self.pca_iterations}
+        return {**options, "pca_tolerance": self.pca_tolerance} if self.pca_tolerance else options
 
     def source_name(self) -> str:
         return f"{self.labels_file} (column {self.label_column!r})"
@@ -196,7 +206,7 @@ class PlinkDataModule(KFoldDataModule):
             if getattr(self, "inner_folds", None) is not None:  # nested cv (qlit tune): as the base class splits
                 indices = self.inner_split(y, indices)
             if self._restored:
-                scores = self._project_rows(self._training_columns())
+                scores = self._project_rows(self._training_columns(), indices["train"])
             else:
                 scores = self._fit_once(indices["train"])
             self.x, self.y, self.indices = scores, y, indices
@@ -214,24 +224,18 @@ class PlinkDataModule(KFoldDataModule):
         """QC, PCA and scaler on the ``train`` rows (indices into ``rows``); returns every row's PCA scores."""
         check_components(self.n_components, len(train), self.fold)
         fit = fit_genotype_pca(
-            self.fileset.read,
-            self.fileset.n_snps,
-            self.rows[train],
-            self.n_components,
-            min_maf=self.min_maf,
-            block_snps=self.block_snps,
-            power_iterations=self.pca_iterations,
-            seed=self.split_seed,
-            on_kept=self._check_kept,
+            self.fileset.read, self.fileset.n_snps, self.rows[train], self.n_components, min_maf=self.min_maf,
+            project=self.rows, block_snps=self.block_snps, power_iterations=self.pca_iterations,
+            tolerance=self.pca_tolerance, seed=self.split_seed, on_kept=self._check_kept,
             cache_bytes=int(self.cache_gb * 2**30),
         )
         self.preprocessor.state = {
             "pca_mean": torch.from_numpy(fit.mean),
             "pca_components": torch.from_numpy(fit.components()),
         }
-        # Training rows too are projected, not taken from the solver: one function gives every row's scores,
-        # here and after a checkpoint's state is restored, so the two agree to the bit.
-        scores = self._project_rows(fit.keep)
+        # Training rows too are projected, not taken from the solver: every row's scores come from one projection,
+        # here (of the genotypes the fit kept) and after a checkpoint's state is restored: they agree to the bit.
+        scores = fit.projected
         train_scores = scores[train]
         std = train_scores.std(axis=0)
         self.preprocessor.state["scale_mean"] = torch.from_numpy(train_scores.mean(axis=0))
@@ -244,15 +248,18 @@ class PlinkDataModule(KFoldDataModule):
         self.raw_features = len(fit.keep)
         return scores
 
-    def _project_rows(self, columns: np.ndarray) -> np.ndarray:
-        """PCA scores of every used individual of the training fileset, whose SNP ``columns`` hold the state's SNPs."""
+    def _project_rows(self, columns: np.ndarray, train: np.ndarray) -> np.ndarray:
+        """PCA scores of every used individual at the state's SNP ``columns``, in the fit's order: its bits."""
         state = self.preprocessor.state
         mean, components = state["pca_mean"].numpy(), state["pca_components"].numpy()
 
         def read(rows: np.ndarray, start: int, stop: int) -> np.ndarray:
             return self.fileset.read_snps(rows, columns[start:stop])
 
-        return project_genotypes(read, self.rows, len(columns), mean, components, self.block_snps)
+        order = projection_order(self.rows[train], self.rows)
+        scores = np.empty((len(self.rows), components.shape[0]))
+        scores[order] = project_genotypes(read, self.rows[order], len(columns), mean, components, self.block_snps)
+        return scores
 
     def _training_columns(self) -> np.ndarray:
         """The columns of the training fileset holding the state's SNPs, each with the alleles it was fit with."""
@@ -384,7 +391,7 @@ class PlinkDataModule(KFoldDataModule):
         self._restored = True
         if self.fileset is not None and self.x is not None:
             # The fold's rows as the checkpoint's model saw them, not as this command's PCA would give them.
-            self.x = self._project_rows(self._training_columns())
+            self.x = self._project_rows(self._training_columns(), self.indices["train"])
         names = state_dict.get("class_names")
         if self.fileset is None and isinstance(names, (list, tuple)):
             self.class_names = self.populations = [str(n) for n in names]
