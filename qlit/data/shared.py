@@ -38,7 +38,22 @@ def remembered(key: tuple, compute: Callable[[], T]) -> T:
     kept = _scopes[-1]
     if key not in kept:
         kept[key] = compute()  # an error is raised, not kept: the next call tries again
-    return copy.deepcopy(kept[key])
+    return _copy(kept[key])
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy, except that a list of str is copied as a list (its items are immutable).
+
+    A PLINK fold's state holds three lists of its ~815k kept SNPs' ids and alleles: copied item by item they
+    took 0.44 s per data module, as lists 0.10 s.
+    """
+    if type(value) is list and all(type(item) is str for item in value):
+        return list(value)
+    if type(value) is tuple:
+        return tuple(_copy(item) for item in value)
+    if type(value) is dict:
+        return {key: _copy(item) for key, item in value.items()}
+    return copy.deepcopy(value)
 
 
 def array_key(array: np.ndarray) -> tuple:
