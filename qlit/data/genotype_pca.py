@@ -202,7 +202,7 @@ def fit_genotype_pca(
     extra = np.zeros(0, dtype=rows.dtype) if project is None else np.asarray(project)[~np.isin(project, rows)]
     starts = list(range(0, n_snps, block_snps))
     keeps, means, scales = [], [], []
-    cache: list | None = [] if len(rows) * n_snps <= cache_bytes else None
+    cache: list[_Block] | None = [] if len(rows) * n_snps <= cache_bytes else None
     others: list[np.ndarray] | None = [] if (len(rows) + len(extra)) * n_snps <= cache_bytes else None
     read_rows = np.concatenate([rows, extra]) if others is not None else rows
     for start in starts:
@@ -211,13 +211,14 @@ def fit_genotype_pca(
         p, _ = allele_stats(genotypes[: len(rows)])  # the fit rows only
         maf = np.minimum(p, 1 - p)
         ok = np.isfinite(maf) & (maf > 0) & (maf >= min_maf)
+        block_mean, block_scale = 2 * p[ok], np.sqrt(2 * p[ok] * (1 - p[ok]))
         if cache is not None and ok.any():  # column-major copies of the kept SNPs, by the rows of the transpose
-            cache.append(genotypes.T[ok, : len(rows)].T)
+            cache.append(_Block(genotypes.T[ok, : len(rows)].T, block_mean, block_scale))
             if others is not None:
                 others.append(genotypes.T[ok, len(rows) :].T)
         keeps.append(np.flatnonzero(ok) + start)
-        means.append(2 * p[ok])
-        scales.append(np.sqrt(2 * p[ok] * (1 - p[ok])))
+        means.append(block_mean)
+        scales.append(block_scale)
     keep, mean, scale = np.concatenate(keeps), np.concatenate(means), np.concatenate(scales)
     if on_kept is not None:
         on_kept(len(keep))
@@ -240,10 +241,8 @@ def fit_genotype_pca(
             start, stop, cols, part = pieces[i]
             if cache is None:
                 yield part, _Block(read(rows, start, stop)[:, cols], mean[part], scale[part])
-                continue
-            if not isinstance(cache[i], _Block):  # made once, in the first pass: where the missing calls are
-                cache[i] = _Block(cache[i], mean[part], scale[part])
-            yield part, cache[i]
+            else:
+                yield part, cache[i]
 
     def sweep(**kwargs) -> tuple[np.ndarray | None, np.ndarray]:
         """`_sweep` over two halves of the SNPs, summed in this order (on two threads when held in memory)."""
